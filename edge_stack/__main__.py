@@ -1,0 +1,3 @@
+from edge_stack.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The environment, read once.
+
+Every environment variable edgestack looks at is read here and nowhere else, so the set of knobs
+is visible in one place and tests can override them by clearing the cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _data_dir() -> Path:
+    # XDG on Linux, the usual places elsewhere; EDGESTACK_HOME overrides them all.
+    if home := os.environ.get("EDGESTACK_HOME"):
+        return Path(home)
+    if xdg := os.environ.get("XDG_DATA_HOME"):
+        return Path(xdg) / "edgestack"
+    if os.name == "nt" and (appdata := os.environ.get("LOCALAPPDATA")):
+        return Path(appdata) / "edgestack"
+    return Path.home() / ".local" / "share" / "edgestack"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says; see the README for each variable."""
+
+    #: EDGESTACK_STACK: stack used when --stack is not given
+    stack: Path | None
+    #: EDGESTACK_DEBUG=1: show tracebacks instead of one-line errors
+    debug: bool
+    #: EDGESTACK_NO_LOG=1: do not append asks to the local SQLite log
+    no_log: bool
+    #: EDGESTACK_VERBOSE=1: let llama.cpp print its own log
+    verbose: bool
+    #: EDGESTACK_HOME (or XDG_DATA_HOME/edgestack): the run log and other user data
+    data_dir: Path
+    #: EDGESTACK_THREADS: default thread count for llama.cpp
+    threads: int | None
+
+
+@cache
+def settings() -> Settings:
+    """The settings from the environment, read on first use."""
+    stack = os.environ.get("EDGESTACK_STACK")
+    threads = os.environ.get("EDGESTACK_THREADS", "").strip()
+    return Settings(
+        stack=Path(stack) if stack else None,
+        debug=_flag(os.environ.get("EDGESTACK_DEBUG")),
+        no_log=_flag(os.environ.get("EDGESTACK_NO_LOG")),
+        verbose=_flag(os.environ.get("EDGESTACK_VERBOSE")),
+        data_dir=_data_dir(),
+        threads=int(threads) if threads.isdigit() and int(threads) > 0 else None,
+    )

@@ -1,0 +1,87 @@
+"""Every error edgestack raises on purpose.
+
+All derive from :class:`EdgeStackError`, and each also derives from the builtin a caller would
+catch anyway (``ManifestError`` is a ``ValueError``, ``ModelFileNotFound`` a ``FileNotFoundError``).
+Messages are one line: what was expected, what was found (and where), and what to do next.
+The CLI prints them as they are; nothing else is needed to make them readable.
+"""
+
+from __future__ import annotations
+
+
+class EdgeStackError(Exception):
+    """Root of every error edgestack raises on purpose."""
+
+    #: process exit code the CLI uses for this error
+    exit_code: int = 1
+
+
+# --- inputs: files, folders, checkpoints -------------------------------------------------------
+
+
+class ModelFileNotFound(EdgeStackError, FileNotFoundError):
+    """A model, adapter, checkpoint folder or stack file that should exist does not."""
+
+
+class OutputExistsError(EdgeStackError, FileExistsError):
+    """An output file exists and ``--force`` was not given."""
+
+
+class CheckpointError(EdgeStackError, ValueError):
+    """A Hugging Face checkpoint folder is unreadable or inconsistent (config, safetensors)."""
+
+
+class UnsupportedArchitecture(CheckpointError):
+    """The checkpoint's architecture is not one the converter knows."""
+
+
+class TokenizerError(EdgeStackError, ValueError):
+    """A tokenizer.json we cannot convert exactly (unknown pre-tokenizer structure, bad vocab)."""
+
+
+class AdapterError(EdgeStackError, ValueError):
+    """A PEFT LoRA adapter is unsupported or does not fit its base model."""
+
+
+class GGUFFileError(EdgeStackError, ValueError):
+    """A file is not a GGUF file llama.cpp can load safely (bad magic, truncated, inconsistent)."""
+
+
+class HubError(EdgeStackError, OSError):
+    """A Hugging Face Hub id could not be resolved (not cached while offline, unknown repo, ...)."""
+
+
+# --- stacks ------------------------------------------------------------------------------------
+
+
+class ManifestError(EdgeStackError, ValueError):
+    """A stack.toml (or build recipe) is invalid: syntax, unknown keys, bad values, bad references."""
+
+
+class ChecksumMismatch(EdgeStackError, ValueError):
+    """A file's sha256 differs from the pin in its stack.toml."""
+
+
+class ContextOverflowError(EdgeStackError, ValueError):
+    """A stage's prompt plus its max_tokens does not fit that stage's context."""
+
+
+# --- running llama.cpp -------------------------------------------------------------------------
+
+
+class EngineError(EdgeStackError, RuntimeError):
+    """llama.cpp refused or failed an operation (load, decode, quantize)."""
+
+
+class QuantizeError(EngineError):
+    """llama.cpp could not quantize a file."""
+
+
+class VerificationFailed(EdgeStackError, AssertionError):
+    """A converted model disagrees with its reference beyond the allowed thresholds."""
+
+
+class Cancelled(EdgeStackError):
+    """A generation was cancelled through its cancel handle (or Ctrl-C)."""
+
+    exit_code = 130
