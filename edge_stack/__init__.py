@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import (
     AdapterError,
+    BadArgument,
     Cancelled,
     CheckpointError,
     ChecksumMismatch,
@@ -23,25 +24,40 @@ from .errors import (
     UnsupportedArchitecture,
     VerificationFailed,
 )
+from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
+from .manifest import StackSpec, StageSpec, load_manifest
+from .stack import Stack
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError",
+    "Answer",
+    "BadArgument",
     "Cancelled",
     "CheckpointError",
     "ChecksumMismatch",
     "ContextOverflowError",
+    "Done",
     "EdgeStackError",
     "EngineError",
+    "Event",
     "GGUFFileError",
     "HubError",
     "ManifestError",
     "ModelFileNotFound",
     "OutputExistsError",
     "QuantizeError",
+    "Stack",
+    "StackSpec",
+    "StageFinished",
+    "StageSpec",
+    "StageStarted",
+    "StageTrace",
+    "Token",
     "TokenizerError",
     "UnsupportedArchitecture",
     "VerificationFailed",
     "__version__",
+    "load_manifest",
 ]

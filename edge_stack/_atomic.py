@@ -14,7 +14,9 @@ from .errors import ModelFileNotFound, OutputExistsError
 def check_output(path: Path, *, force: bool) -> None:
     """Refuse early (before any work) when ``path`` exists and ``force`` is off."""
     if path.is_dir():
-        raise OutputExistsError(f"output {path} is a folder; give a file path such as {path / 'model.gguf'}")
+        raise OutputExistsError(
+            f"output {path} is a folder; give a file path such as {path / 'model.gguf'}"
+        )
     if path.exists() and not force:
         raise OutputExistsError(f"output {path} already exists; pass --force to replace it")
     if not path.parent.is_dir():
@@ -39,7 +41,9 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool) -> Iterator[Path
         yield tmp
         # Checked again: something may have appeared at the target while we worked.
         if target.exists() and not force:
-            raise OutputExistsError(f"output {target} appeared while writing; pass --force to replace it")
+            raise OutputExistsError(
+                f"output {target} appeared while writing; pass --force to replace it"
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,10 @@ class EdgeStackError(Exception):
 # --- inputs: files, folders, checkpoints -------------------------------------------------------
 
 
+class BadArgument(EdgeStackError, ValueError):
+    """An argument has a value we cannot use (unknown --outtype, negative count, ...)."""
+
+
 class ModelFileNotFound(EdgeStackError, FileNotFoundError):
     """A model, adapter, checkpoint folder or stack file that should exist does not."""
 

@@ -13,7 +13,7 @@ from ..errors import EdgeStackError
 from ._app import app
 
 # Each module registers its commands on `app`; they import heavy packages only when run.
-from . import _convert_cmd, _quantize_cmd, _verify_cmd  # noqa: E402, F401  isort: skip
+from . import _ask_cmd, _inspect_cmd, _logs_cmd, _convert_cmd, _lora_cmd, _quantize_cmd, _verify_cmd  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]
 

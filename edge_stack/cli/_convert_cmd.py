@@ -1,5 +1,103 @@
-"""`edgestack convert`."""
+"""`edgestack convert`: a Hugging Face checkpoint (folder or Hub id) to GGUF."""
 
 from __future__ import annotations
 
-from ._app import app  # noqa: F401
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import app
+
+
+@contextmanager
+def byte_progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar fed (done, total) byte counts; nothing at all when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@app.command()
+def convert(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint folder, or Hub id owner/name[@revision].")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="GGUF file to write.")],
+    outtype: Annotated[
+        str,
+        typer.Option(help="f32, f16, bf16, q8_0 (direct) or any llama.cpp type: q4_k_m, q6_k, ..."),
+    ] = "f16",
+    merge_lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--merge-lora", help="PEFT adapter folder or Hub id to merge in (repeatable)."
+        ),
+    ] = None,
+    lora_scale: Annotated[float, typer.Option(help="Multiplier on every merged adapter.")] = 1.0,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Compare the result with the checkpoint (needs transformers)."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+) -> None:
+    """Convert a Hugging Face checkpoint to a GGUF file for llama.cpp.
+
+    Examples:
+
+      edgestack convert ./pythia-160m -o pythia.f16.gguf
+
+      edgestack convert EleutherAI/pythia-160m -o pythia.q4.gguf --outtype q4_k_m
+
+      edgestack convert ./base -o stage.gguf --merge-lora ./adapters/extract --verify
+    """
+    from edge_stack.convert import convert_checkpoint
+
+    with byte_progress("converting") as progress:
+        path = convert_checkpoint(
+            model,
+            output,
+            outtype=outtype,
+            force=force,
+            merge_lora=merge_lora or (),
+            lora_scale=lora_scale,
+            progress=progress,
+        )
+    if verify:
+        _verify_against_checkpoint(path, model, bool(merge_lora))
+    size = path.stat().st_size
+    typer.echo(f"{path}\t{outtype}\t{size / 1e6:.1f} MB")
+
+
+def _verify_against_checkpoint(path: Path, model: str, merged: bool) -> None:
+    from edge_stack.convert.hub import resolve_model_dir
+    from edge_stack.convert.verify import verify as run_verify
+    from edge_stack.errors import BadArgument, VerificationFailed
+
+    if merged:
+        raise BadArgument(
+            f"--verify compares with the plain checkpoint, but {path} has LoRA merged in; "
+            f"check it with: edgestack verify {path} --reference <a merged reference GGUF>"
+        )
+    report = run_verify(path, resolve_model_dir(model))
+    typer.echo(report.summary(), err=True)
+    if not report.passed:
+        raise VerificationFailed(f"{path} disagrees with {model}: {report.summary()}")

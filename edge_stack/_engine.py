@@ -1,0 +1,146 @@
+"""The real backend: llama.cpp through :mod:`edge_stack._llama`.
+
+One :class:`~edge_stack._llama.LlamaModel` per distinct GGUF file, memory-mapped and shared by
+every stage that names it; one :class:`~edge_stack._llama.LlamaContext` per stage, with the
+stage's LoRA adapter attached to that context (never ``Llama(lora_path=...)``, which copies the
+base). Each context keeps its KV cache between calls, so the fixed start of a stage's prompt is
+evaluated once. Every file is checked before llama.cpp sees it: sha256 pins here, GGUF structure
+and adapter fit in ``_llama`` (``_gguf_check``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._backend import Chunk, GenerationParams
+from ._env import settings
+from ._pins import check_pin
+from ._render import Rendered, tokenize_rendered
+from .errors import EdgeStackError
+from .manifest import StackSpec, StageSpec
+
+if TYPE_CHECKING:
+    from ._llama import LlamaContext, LlamaModel
+
+logger = logging.getLogger(__name__)
+
+
+class LlamaRunner:
+    """One stage on llama.cpp: the shared model and this stage's own context."""
+
+    def __init__(self, stage: StageSpec, model: LlamaModel, context: LlamaContext) -> None:
+        self.stage = stage
+        self.model = model
+        self.context = context
+        # Only the specials the template can contain matter for splitting it.
+        literal = "".join(p for p in stage.template.parts if isinstance(p, str))
+        self._specials = {s: t for s, t in model.special_tokens().items() if s in literal}
+        self._bos: tuple[int, ...] = (model.bos,) if model.add_bos and model.bos >= 0 else ()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    def _text_tokens(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_bos=False, special=False)
+
+    def tokenize(self, prompt: Rendered) -> list[int]:
+        return tokenize_rendered(
+            prompt, special_tokens=self._specials, tokenize_text=self._text_tokens, bos=self._bos
+        )
+
+    def generate(
+        self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[Chunk]:
+        stream = self.context.generate(
+            tokens,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            repeat_penalty=params.repeat_penalty,
+            seed=params.seed,
+            stop=params.stop,
+            grammar=params.grammar,
+            cancel=cancel,
+        )
+        try:
+            for item in stream:
+                # id -1 carries held-back text at the end, not a new token.
+                yield Chunk(item.text, 0 if item.id < 0 else 1)
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+
+
+def _in_stage(exc: EdgeStackError, where: str) -> EdgeStackError:
+    """The same error with the stack file and stage in front of its message."""
+    try:
+        new = type(exc)(f"{where}: {exc}")
+    except Exception:  # an error class with a different constructor: keep it as it is
+        return exc
+    new.__cause__ = exc.__cause__
+    return new
+
+
+class Engine:
+    """Loads every model and context of a stack; :meth:`close` frees them all."""
+
+    def __init__(
+        self, spec: StackSpec, *, threads: int | None = None, verbose: bool | None = None
+    ) -> None:
+        from ._llama import LlamaContext, LlamaModel, set_llama_logging
+
+        verbose = settings().verbose if verbose is None else verbose
+        if verbose:
+            set_llama_logging(True)
+        self.spec = spec
+        self.models: dict[Path, LlamaModel] = {}
+        self.runners: dict[str, LlamaRunner] = {}
+        self._closed = False
+        try:
+            for stage in spec.stages:
+                where = f"{spec.path}, stage {stage.name}"
+                try:
+                    # Pins first: a file that is not the pinned one is never parsed at all.
+                    check_pin(stage.model, stage.sha256, where=f"{where}, key 'sha256'")
+                    if stage.lora is not None:
+                        check_pin(stage.lora, stage.lora_sha256, where=f"{where}, key 'lora_sha256'")
+                    key = stage.model.resolve()
+                    model = self.models.get(key)
+                    if model is None:
+                        model = LlamaModel.load(key, verbose=verbose)
+                        self.models[key] = model
+                    context = LlamaContext(
+                        model,
+                        n_ctx=stage.n_ctx,
+                        n_threads=threads,
+                        lora=stage.lora,
+                        lora_scale=stage.lora_scale,
+                    )
+                except EdgeStackError as exc:
+                    raise _in_stage(exc, where) from exc
+                self.runners[stage.name] = LlamaRunner(stage, model, context)
+                logger.debug("stage %s: %s%s, n_ctx %d", stage.name, stage.model.name,
+                             f" + {stage.lora.name}" if stage.lora else "", stage.n_ctx)
+        except BaseException:
+            self.close()
+            raise
+
+    def runner(self, stage: str) -> LlamaRunner:
+        return self.runners[stage]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for runner in self.runners.values():
+            runner.context.close()
+        for model in self.models.values():
+            model.close()
+        self.runners.clear()
+        self.models.clear()

@@ -1,0 +1,183 @@
+"""Our thin layer over llama.cpp's C API (llama-cpp-python's low-level ``llama_cpp.llama_cpp``).
+
+Why not the high-level ``llama_cpp.Llama``: its ``lora_path`` turns mmap off (every stage would
+hold its own copy of the base), and ``create_completion`` neither guarantees ``max_tokens`` nor
+survives a full context (DESIGN.md, engine facts). Here one :class:`LlamaModel` per GGUF file is
+memory-mapped and shared; each :class:`LlamaContext` has its own KV cache and, optionally, its
+own LoRA adapter. A context is used by one thread at a time (the runtime serializes calls).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._llama_context import GenStats, GenToken, LlamaContext
+from ._llama_lib import check_file, llama_errors, reason, set_llama_logging
+from ._llama_lib import lib as _lib
+from .errors import EngineError
+
+log = logging.getLogger(__name__)
+
+
+class LlamaModel:
+    """One memory-mapped GGUF model; any number of :class:`LlamaContext` objects share it."""
+
+    def __init__(self, ptr: Any, path: Path) -> None:
+        lib = _lib()
+        self._ptr: Any = ptr
+        self.path = path
+        self._vocab = lib.llama_model_get_vocab(ptr)
+        self.n_vocab: int = lib.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train: int = lib.llama_model_n_ctx_train(ptr)
+        self.bos: int = lib.llama_vocab_bos(self._vocab)
+        self.eos: int = lib.llama_vocab_eos(self._vocab)
+        self.add_bos: bool = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self._contexts: weakref.WeakSet[LlamaContext] = weakref.WeakSet()
+        self._special: dict[str, int] | None = None
+        self._metadata: dict[str, str] | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verbose: bool = False) -> LlamaModel:
+        """Check and memory-map the GGUF file at ``path``."""
+        path = Path(path)
+        check_file(path, "model")
+        lib = _lib()
+        if verbose:
+            set_llama_logging(True)
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 0
+        params.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # shared pages between models and processes
+        with llama_errors() as errors:
+            ptr = lib.llama_model_load_from_file(os.fsencode(path), params)
+        if not ptr:
+            raise EngineError(f"llama.cpp returned NULL loading {path}: {reason(errors)}")
+        log.debug("loaded %s", path)
+        return cls(ptr, path)
+
+    @property
+    def ptr(self) -> Any:
+        if self._ptr is None:
+            raise EngineError(f"model {self.path} is closed")
+        return self._ptr
+
+    @property
+    def vocab(self) -> Any:
+        self.ptr  # noqa: B018  raises once closed
+        return self._vocab
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        """Token ids of ``text``; ``special`` parses special-token text (e.g. ``<|im_end|>``)."""
+        lib = _lib()
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        for _ in range(2):
+            buf = (lib.llama_token * size)()
+            n = lib.llama_tokenize(self.vocab, data, len(data), buf, size, add_bos, special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+        raise EngineError(f"llama.cpp could not tokenize a text of {len(data)} bytes")
+
+    def token_to_piece(self, tok: int, *, special: bool = False) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character); control tokens are empty
+        unless ``special``."""
+        lib = _lib()
+        size = 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lib.llama_token_to_piece(self.vocab, tok, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+        raise EngineError(f"llama.cpp could not render token {tok}")
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """Text of ``tokens``; invalid or unfinished UTF-8 becomes U+FFFD."""
+        lib = _lib()
+        arr = (lib.llama_token * max(len(tokens), 1))(*tokens)
+        size = 16 * len(tokens) + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lib.llama_detokenize(self.vocab, arr, len(tokens), buf, size, False, special)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+        raise EngineError(f"llama.cpp could not detokenize {len(tokens)} tokens")
+
+    def is_eog(self, tok: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ...)."""
+        return bool(_lib().llama_vocab_is_eog(self.vocab, tok))
+
+    def special_tokens(self) -> dict[str, int]:
+        """Text -> id of every control and user-defined token (for splitting templates)."""
+        if self._special is None:
+            lib = _lib()
+            mask = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+            found: dict[str, int] = {}
+            for tok in range(self.n_vocab):
+                if lib.llama_vocab_get_attr(self.vocab, tok) & mask:
+                    text = lib.llama_vocab_get_text(self.vocab, tok)
+                    if text:
+                        found.setdefault(text.decode("utf-8", errors="replace"), tok)
+            self._special = found
+        return dict(self._special)
+
+    def metadata(self) -> dict[str, str]:
+        """The GGUF key/value metadata as llama.cpp renders it (arrays are summarised)."""
+        if self._metadata is None:
+            lib = _lib()
+            out: dict[str, str] = {}
+            for i in range(lib.llama_model_meta_count(self.ptr)):
+                key = _read_str(
+                    lambda b, n, i=i: lib.llama_model_meta_key_by_index(self.ptr, i, b, n)
+                )
+                out[key] = _read_str(
+                    lambda b, n, i=i: lib.llama_model_meta_val_str_by_index(self.ptr, i, b, n)
+                )
+            self._metadata = out
+        return dict(self._metadata)
+
+    def close(self) -> None:
+        """Free the model (and first every context still using it). Safe to call twice."""
+        if self._ptr is None:
+            return
+        for ctx in list(self._contexts):
+            ctx.close()
+        _lib().llama_model_free(self._ptr)
+        self._ptr = None
+
+    def __enter__(self) -> LlamaModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105  (no contextlib: module globals may be gone at shutdown)
+            self.close()
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _read_str(call: Any, size: int = 256) -> str:
+    buf = ctypes.create_string_buffer(size)
+    n = call(buf, size)
+    if n >= size:
+        buf = ctypes.create_string_buffer(n + 1)
+        n = call(buf, n + 1)
+    return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+
+__all__ = [
+    "GenStats",
+    "GenToken",
+    "LlamaContext",
+    "LlamaModel",
+    "set_llama_logging",
+]

@@ -1,0 +1,148 @@
+"""Loading llama.cpp once: backend init, its log routed or dropped, files checked before it loads.
+
+Shared by :mod:`edge_stack._llama`, :mod:`edge_stack._llama_context` and the quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from ._env import settings
+from .errors import ModelFileNotFound
+
+log = logging.getLogger(__name__)
+_llama_log = logging.getLogger("edge_stack.llama_cpp")
+
+_init_lock = threading.Lock()
+_lib_module: Any = None
+_verbose = False
+_log_callback: Any = None  # kept alive: llama.cpp holds the raw function pointer
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line)
+_LOG_LEVELS = {
+    0: logging.CRITICAL,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
+_WARN, _ERROR, _CONT = 3, 4, 5
+_last_level = 0
+# Warnings and errors llama.cpp logs while a `llama_errors()` block runs, for our own messages.
+_captures: list[list[tuple[int, str]]] = []
+
+
+def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
+    global _last_level
+    if level == _CONT:
+        level = _last_level
+    _last_level = level
+    if not text or not (_verbose or _captures):
+        return
+    message = text.decode("utf-8", errors="replace").strip()
+    if not message:
+        return
+    if level in (_WARN, _ERROR):
+        for capture in _captures:
+            capture.append((level, message))
+    if _verbose:
+        _llama_log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+@contextlib.contextmanager
+def llama_errors() -> Iterator[list[tuple[int, str]]]:
+    """Collect the warnings and errors llama.cpp logs inside the block (even when its log is off)."""
+    lines: list[tuple[int, str]] = []
+    _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        _captures.remove(lines)
+
+
+def reason(
+    lines: list[tuple[int, str]], default: str = "run with --verbose for llama.cpp's log"
+) -> str:
+    """What llama.cpp said last (its last error, else its last warning), or ``default``."""
+    for wanted in (_ERROR, _WARN):
+        said = [message for level, message in lines if level == wanted]
+        if said:
+            return said[-1]
+    return default
+
+
+def lib() -> Any:
+    """``llama_cpp.llama_cpp``, with the backend initialised and the log routed, once."""
+    global _lib_module, _log_callback
+    if _lib_module is not None:
+        return _lib_module
+    with _init_lock:
+        if _lib_module is None:
+            import llama_cpp.llama_cpp as mod
+
+            _log_callback = mod.llama_log_callback(_on_llama_log)
+            mod.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            mod.llama_backend_init()
+            _lib_module = mod
+            set_llama_logging(settings().verbose or _verbose)
+    return _lib_module
+
+
+def set_llama_logging(verbose: bool) -> None:
+    """Show llama.cpp's own log (through the ``edge_stack.llama_cpp`` logger) or drop it."""
+    global _verbose
+    _verbose = verbose
+    if verbose and _llama_log.getEffectiveLevel() > logging.INFO:
+        _llama_log.setLevel(logging.INFO)
+
+
+def check_file(path: Path, kind: Literal["model", "adapter"]) -> None:
+    """Validate a GGUF before llama.cpp sees it (llama.cpp may abort the process on a bad file)."""
+    if not path.is_file():
+        what = "LoRA adapter" if kind == "adapter" else "model"
+        raise ModelFileNotFound(f"{what} file {path} does not exist; check the path")
+    try:
+        from ._gguf_check import check_gguf
+    except ImportError:  # pragma: no cover - only while the checker is being written
+        log.debug("edge_stack._gguf_check not available; %s not pre-checked", path)
+        return
+    check_gguf(path, kind=kind)
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: EDGESTACK_THREADS, else every CPU."""
+    return settings().threads or os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Capture what C code writes to file descriptor 2 inside the block (into the yielded list).
+
+    A few llama.cpp parsers (GBNF grammars) print their errors with ``fprintf(stderr)`` instead of
+    the log callback; captured, the message can go into our one-line error instead.
+    """
+    captured: list[str] = []
+    try:
+        fd = sys.stderr.fileno() if sys.stderr is not None else 2
+    except (AttributeError, OSError, ValueError):
+        fd = 2
+    with tempfile.TemporaryFile() as tmp:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(fd)
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode("utf-8", errors="replace"))

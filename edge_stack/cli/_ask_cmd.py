@@ -1,0 +1,190 @@
+"""`edgestack ask` and `edgestack chat`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TextIO
+
+import typer
+
+from ._app import app
+
+if TYPE_CHECKING:
+    from ..stack import Stack
+
+StackOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--stack",
+        "-s",
+        help="stack.toml or stack folder (default: $EDGESTACK_STACK, then the bundled stack).",
+    ),
+]
+TraceOpt = Annotated[bool, typer.Option("--trace", help="Show every stage's prompt and output on stderr.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer and its stages as JSON.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for llama.cpp (default: all).")
+]
+MaxTokensOpt = Annotated[
+    int | None, typer.Option("--max-tokens", min=1, help="Override max_tokens for every stage.")
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option("--temperature", min=0.0, max=2.0, help="Override temperature for every stage."),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, help="Override the sampling seed.")]
+NoLogOpt = Annotated[
+    bool, typer.Option("--no-log", help="Do not record this run in the local log (edgestack logs).")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log on stderr.")]
+
+
+def _load(stack: Path | None, threads: int | None, verbose: bool) -> tuple[Stack, Path]:
+    from .._paths import find_stack
+    from ..stack import Stack
+
+    path = find_stack(stack)
+    return Stack.load(path, threads=threads, verbose=verbose or None), path
+
+
+def _rule(title: str, err: TextIO) -> None:
+    err.write(f"--- {title} " + "-" * max(3, 60 - len(title)) + "\n")
+
+
+def _answer_one(
+    stack: Stack,
+    question: str,
+    *,
+    trace: bool,
+    as_json: bool,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+    out: TextIO,
+    err: TextIO,
+) -> object:
+    """Stream one answer: final-stage tokens to ``out`` as they come, the trace to ``err``."""
+    from .._events import Done, StageFinished, StageStarted, Token
+
+    last = len(stack.spec.stages) - 1
+    stream = stack.stream(question, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    try:
+        for event in stream:
+            if isinstance(event, StageStarted) and trace:
+                _rule(f"{event.stage} prompt ({event.prompt_tokens} tokens)", err)
+                err.write(event.prompt + "\n")
+                if event.index == last and not as_json:
+                    _rule(f"{event.stage} output", err)
+                err.flush()
+            elif isinstance(event, Token) and event.index == last and not as_json:
+                out.write(event.text)
+                out.flush()
+            elif isinstance(event, StageFinished):
+                t = event.trace
+                if trace and (event.index != last or as_json):
+                    _rule(f"{t.name} output", err)
+                    err.write(t.output + "\n")
+                if trace:
+                    err.write(
+                        f"[{t.name}: {t.prompt_tokens} prompt + {t.completion_tokens} generated "
+                        f"tokens, {t.seconds:.3f}s]\n"
+                    )
+                    err.flush()
+            elif isinstance(event, Done):
+                if as_json:
+                    out.write(json.dumps(event.answer.to_dict(), ensure_ascii=False) + "\n")
+                else:
+                    out.write("\n")
+                out.flush()
+                return event.answer
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    return None
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, as one argument (quote it).")],
+    stack: StackOpt = None,
+    trace: TraceOpt = False,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    no_log: NoLogOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Answer one question with a stack; the answer streams to stdout as it is generated.
+
+    Examples:
+
+      edgestack ask "Sam has 23 stamps and buys 18 more. How many stamps does Sam have?"
+
+      edgestack ask "What is 15 plus 28?" --trace
+
+      edgestack ask "What is 15 plus 28?" --stack ./my-stack --json
+    """
+    from .._events import Answer
+    from .._runlog import log_answer
+
+    if not question.strip():
+        raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+    loaded, path = _load(stack, threads, verbose)
+    with loaded:
+        answer = _answer_one(
+            loaded, question, trace=trace, as_json=as_json, max_tokens=max_tokens,
+            temperature=temperature, seed=seed, out=sys.stdout, err=sys.stderr,
+        )
+    if isinstance(answer, Answer):
+        log_answer(answer, stack_path=path, enabled=not no_log)
+
+
+@app.command()
+def chat(
+    stack: StackOpt = None,
+    trace: TraceOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per answer (JSON lines).")
+    ] = False,
+    threads: ThreadsOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    no_log: NoLogOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Keep a stack loaded and answer question after question, one per line of input.
+
+    Stops at the end of input or an empty line. Works with a pipe as well as a terminal.
+
+    Examples:
+
+      edgestack chat
+
+      printf 'What is 2 plus 3?\\nWhat is 7 minus 4?\\n' | edgestack chat --json
+    """
+    from .._events import Answer
+    from .._runlog import log_answer
+
+    interactive = sys.stdin.isatty()
+    loaded, path = _load(stack, threads, verbose)
+    with loaded:
+        if interactive:
+            sys.stderr.write(f"{loaded.name}: ask a question (empty line or Ctrl-D to quit)\n")
+        while True:
+            if interactive:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+            question = line.strip()
+            if not question:
+                break
+            answer = _answer_one(
+                loaded, question, trace=trace, as_json=as_json, max_tokens=max_tokens,
+                temperature=temperature, seed=seed, out=sys.stdout, err=sys.stderr,
+            )
+            if isinstance(answer, Answer):
+                log_answer(answer, stack_path=path, enabled=not no_log)

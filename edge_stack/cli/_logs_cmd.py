@@ -1,0 +1,61 @@
+"""`edgestack logs`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from ._app import app
+
+
+def _short(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@app.command()
+def logs(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs to show.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (newest first) with every stage.")
+    ] = False,
+    stages: Annotated[
+        bool, typer.Option("--stages", help="Also show each stage's output and timing.")
+    ] = False,
+) -> None:
+    """Show the most recent asks from the local run log (newest first).
+
+    Every `edgestack ask` and `chat` answer is logged unless --no-log or EDGESTACK_NO_LOG=1.
+
+    Examples:
+
+      edgestack logs
+
+      edgestack logs -n 5 --stages
+
+      edgestack logs --json | jq '.[0].stages'
+    """
+    from .._runlog import RunLog
+
+    log = RunLog()
+    runs = log.recent(limit)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in runs], ensure_ascii=False, indent=2))
+        return
+    if not runs:
+        typer.echo(f"no runs logged yet (log: {log.path})", err=True)
+        return
+    for run in runs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
+        typer.echo(f"#{run.id}  {when}  {run.stack}  {run.seconds:.2f}s")
+        typer.echo(f"  Q: {_short(run.question, 100)}")
+        if stages:
+            for s in run.stages:
+                typer.echo(
+                    f"    {s['name']}: {_short(str(s['output']), 80)}  "
+                    f"({s['prompt_tokens']}+{s['completion_tokens']} tokens, {s['seconds']:.3f}s)"
+                )
+        typer.echo(f"  A: {_short(run.answer, 100)}")

@@ -1,0 +1,317 @@
+"""The pipeline: a loaded stack that answers questions stage by stage.
+
+Example::
+
+    from edge_stack import Stack
+
+    with Stack.load("models/word-problems/stack.toml") as stack:
+        answer = stack.ask("What is 15 plus 28?")
+        print(answer.text)
+        for trace in answer.stages:
+            print(trace.name, trace.output)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+
+from ._backend import Backend, GenerationParams
+from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
+from ._render import render
+from .errors import BadArgument, Cancelled, ContextOverflowError, EngineError
+from .manifest import StackSpec, StageSpec, load_manifest
+
+__all__ = ["Stack"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Stripper:
+    """Turns raw generated text into deltas whose concatenation is the stripped output."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+        self.raw: list[str] = []
+
+    def feed(self, text: str) -> str:
+        self.raw.append(text)
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        body = text.rstrip()
+        self.pending = text[len(body) :]
+        return body
+
+
+class Stack:
+    """A loaded stack. Safe to use from several threads: calls on one stage are serialized.
+
+    Use :meth:`load` to open a ``stack.toml`` with the llama.cpp engine; ``Stack(spec, backend)``
+    takes any :class:`~edge_stack._backend.Backend` (tests use a fake). Close it (or use ``with``)
+    to free every llama.cpp object.
+    """
+
+    def __init__(self, spec: StackSpec, backend: Backend) -> None:
+        self._spec = spec
+        self._backend = backend
+        self._locks = {stage.name: threading.Lock() for stage in spec.stages}
+        self._owners: dict[str, int] = {}
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, threads: int | None = None, verbose: bool | None = None
+    ) -> Stack:
+        """Load the stack at ``path`` (a ``stack.toml`` or its folder) with llama.cpp.
+
+        Every file is checked (sha256 pins, GGUF structure, adapter fits its base) before
+        llama.cpp sees it. ``threads`` defaults to EDGESTACK_THREADS or the machine's cores;
+        ``verbose`` lets llama.cpp print its own log (default: EDGESTACK_VERBOSE).
+        """
+        from ._engine import Engine
+
+        spec = load_manifest(path)
+        return cls(spec, Engine(spec, threads=threads, verbose=verbose))
+
+    @property
+    def spec(self) -> StackSpec:
+        """The validated manifest."""
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        """The stack's name."""
+        return self._spec.name
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def ask(
+        self,
+        question: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Answer:
+        """Run every stage on ``question`` and return the answer with each stage's trace.
+
+        ``max_tokens``, ``temperature`` and ``seed`` override the manifest for every stage of this
+        call. Setting ``cancel`` (from any thread) stops generation within a token and raises
+        :class:`~edge_stack.errors.Cancelled`.
+        """
+        events = self.stream(
+            question, max_tokens=max_tokens, temperature=temperature, seed=seed, cancel=cancel
+        )
+        try:
+            for event in events:
+                if isinstance(event, Done):
+                    return event.answer
+        finally:
+            events.close()
+        raise EngineError("the stack finished without an answer")  # unreachable by construction
+
+    def stream(
+        self,
+        question: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Like :meth:`ask`, but yield events as they happen: ``StageStarted``, ``Token`` (each
+        new piece of a stage's output), ``StageFinished``, and finally ``Done`` with the answer.
+
+        A stage's lock is held while its events are consumed, so do not call this stack again
+        from inside the loop on the same thread (that raises EngineError instead of deadlocking).
+        """
+        if not isinstance(question, str):
+            raise TypeError(f"question must be a str, got {type(question).__name__}")
+        _check_overrides(max_tokens, temperature, seed)
+        return self._run(question, max_tokens, temperature, seed, cancel or threading.Event())
+
+    def _run(
+        self,
+        question: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        seed: int | None,
+        cancel: threading.Event,
+    ) -> Iterator[Event]:
+        start = time.perf_counter()
+        values = {"question": question}
+        traces: list[StageTrace] = []
+        for index, stage in enumerate(self._spec.stages):
+            params = _params(stage, max_tokens, temperature, seed)
+            rendered = render(stage.template, values)
+            with self._hold(stage.name):
+                if cancel.is_set():
+                    raise Cancelled(f"stack {self.name}: cancelled before stage {stage.name}")
+                stage_start = time.perf_counter()
+                runner = self._backend.runner(stage.name)
+                tokens = runner.tokenize(rendered)
+                n_ctx = runner.n_ctx
+                if len(tokens) + params.max_tokens > n_ctx:
+                    raise ContextOverflowError(
+                        f"stack {self.name} ({self._spec.path}), stage {stage.name}: the prompt is "
+                        f"{len(tokens)} tokens and max_tokens is {params.max_tokens}, "
+                        f"{len(tokens) + params.max_tokens} in all, but n_ctx is {n_ctx}; "
+                        "raise n_ctx or lower max_tokens in stack.toml, or shorten the input"
+                    )
+                prompt_text = rendered.text
+                yield StageStarted(stage.name, index, prompt_text, len(tokens))
+                stripper = _Stripper()
+                completion = 0
+                chunks = runner.generate(tokens, params, cancel)
+                try:
+                    for chunk in chunks:
+                        completion += chunk.n_tokens
+                        delta = stripper.feed(chunk.text)
+                        if delta:
+                            yield Token(stage.name, index, delta)
+                        if cancel.is_set():
+                            break
+                finally:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
+                if cancel.is_set():
+                    raise Cancelled(
+                        f"stack {self.name}: cancelled during stage {stage.name} "
+                        f"after {completion} tokens"
+                    )
+                output = "".join(stripper.raw).strip()
+                trace = StageTrace(
+                    name=stage.name,
+                    prompt=prompt_text,
+                    output=output,
+                    prompt_tokens=len(tokens),
+                    completion_tokens=completion,
+                    seconds=time.perf_counter() - stage_start,
+                )
+            logger.debug("stage %s: %d+%d tokens in %.3fs", stage.name, trace.prompt_tokens,
+                         trace.completion_tokens, trace.seconds)
+            traces.append(trace)
+            values[stage.name] = output
+            yield StageFinished(stage.name, index, trace)
+        answer = Answer(
+            text=traces[-1].output,
+            stages=tuple(traces),
+            stack=self.name,
+            question=question,
+            seconds=time.perf_counter() - start,
+        )
+        yield Done(answer)
+
+    # --- locking and lifetime ------------------------------------------------------------------
+
+    def _hold(self, stage: str) -> _StageHold:
+        return _StageHold(self, stage)
+
+    def close(self) -> None:
+        """Free every llama.cpp object. Waits for calls in flight; idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        me = threading.get_ident()
+        taken = []
+        try:
+            for name, lock in self._locks.items():
+                if self._owners.get(name) == me:
+                    continue  # closing from inside our own stream: that stage stops right after
+                lock.acquire()
+                taken.append(lock)
+            self._backend.close()
+        finally:
+            for lock in taken:
+                lock.release()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._spec.stages)} stages"
+        return f"<Stack {self.name!r} ({state}) from {self._spec.path}>"
+
+
+class _StageHold:
+    """A stage's lock, refusing re-entry from the thread that holds it (that would deadlock)."""
+
+    def __init__(self, stack: Stack, stage: str) -> None:
+        self.stack = stack
+        self.stage = stage
+
+    def __enter__(self) -> None:
+        stack = self.stack
+        me = threading.get_ident()
+        if stack._owners.get(self.stage) == me:
+            raise EngineError(
+                f"stack {stack.name}: stage {self.stage} is already running on this thread "
+                "(a call from inside a stream loop); finish or close that stream first"
+            )
+        stack._locks[self.stage].acquire()
+        if stack._closed:
+            stack._locks[self.stage].release()
+            raise EngineError(f"stack {stack.name} is closed; load it again to ask more")
+        stack._owners[self.stage] = me
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack._owners.pop(self.stage, None)
+        self.stack._locks[self.stage].release()
+
+
+def _check_overrides(max_tokens: int | None, temperature: float | None, seed: int | None) -> None:
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise BadArgument(f"max_tokens must be an integer of at least 1, got {max_tokens!r}")
+    if temperature is not None and not (0.0 <= temperature <= 2.0):
+        raise BadArgument(f"temperature must be between 0 and 2, got {temperature!r}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**32 - 1):
+        raise BadArgument(f"seed must be an integer from 0 to 2**32-2, got {seed!r}")
+
+
+def _params(
+    stage: StageSpec, max_tokens: int | None, temperature: float | None, seed: int | None
+) -> GenerationParams:
+    params = GenerationParams(
+        max_tokens=stage.max_tokens,
+        temperature=stage.temperature,
+        top_k=stage.top_k,
+        top_p=stage.top_p,
+        min_p=stage.min_p,
+        repeat_penalty=stage.repeat_penalty,
+        seed=stage.seed,
+        stop=stage.stop,
+        grammar=stage.grammar,
+    )
+    overrides = {
+        k: v
+        for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
+        if v is not None
+    }
+    return replace(params, **overrides) if overrides else params

@@ -1,0 +1,361 @@
+"""Synthetic arithmetic word problems for the default ``word-problems`` stack.
+
+Pure Python (standard library only), so tests and the eval-data writer need no torch.
+
+Every problem carries the text of each stage of the stack:
+
+* ``extract``: the question read into an expression, ``"23 + 18"`` (operators ``+ - *``);
+* ``compute``: the value of that expression, ``"41"``;
+* ``answer``: a sentence that ends with the number,
+  ``"The number of stamps Sam has now is 41"`` or ``"15 plus 28 is 43"``.
+
+Names, objects, containers and question templates come in two disjoint pools: ``"train"`` and
+``"heldout"``. Held-out questions use names, objects and sentence shapes the training data never
+contains verbatim (they recombine the same verbs and question words in new orders), which shows
+whether the stack reads questions rather than recalls them.
+
+Numbers: word problems and bare questions use operands of one or two digits. Addition: both
+operands 1..99. Subtraction: 1..99, never below zero. Multiplication: one factor 2..9 (bags,
+boxes) and the other 2..20, so products stay below 200.
+
+Run ``python generate.py --eval-jsonl models/word-problems/eval.jsonl`` to write held-out eval data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Split = Literal["train", "heldout"]
+Op = Literal["+", "-", "*"]
+
+OP_WORDS: dict[str, str] = {"+": "plus", "-": "minus", "*": "times"}
+
+
+@dataclass(frozen=True)
+class Person:
+    """A name and the pronoun the templates use for it."""
+
+    name: str
+    pronoun: str  # "he" or "she"
+
+
+@dataclass(frozen=True)
+class Thing:
+    """A countable object with its singular and plural forms."""
+
+    singular: str
+    plural: str
+    food: bool = False
+
+    def count(self, n: int) -> str:
+        """``"1 apple"``, ``"3 apples"``."""
+        return f"{n} {self.singular if n == 1 else self.plural}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One generated question with the expected text of every stage."""
+
+    question: str
+    expression: str
+    value: int
+    sentence: str
+    kind: str  # "add", "sub", "mul", "bare"
+    template: int
+
+    @property
+    def stage_outputs(self) -> dict[str, str]:
+        """Stage name -> the text that stage should produce."""
+        return {"extract": self.expression, "compute": str(self.value), "answer": self.sentence}
+
+
+def _people(spec: str) -> tuple[Person, ...]:
+    """``"Sam:he Mia:she"`` -> people."""
+    return tuple(Person(*item.split(":")) for item in spec.split())
+
+
+def _things(spec: str, *, food: bool = False) -> tuple[Thing, ...]:
+    """``"apple/apples box/boxes"`` -> things."""
+    pairs = (item.split("/") for item in spec.split())
+    return tuple(Thing(singular, plural, food) for singular, plural in pairs)
+
+
+PEOPLE: dict[Split, tuple[Person, ...]] = {
+    "train": _people(
+        "Sam:he Mia:she Tom:he Anna:she Ben:he Lily:she Jack:he Emma:she Leo:he Zoe:she "
+        "Max:he Nora:she Omar:he Ella:she Ravi:he Lucy:she Noah:he Ava:she Liam:he Ruby:she "
+        "Adam:he Sara:she Ivan:he Hana:she Carlos:he Maya:she Dan:he Grace:she Eli:he Chloe:she "
+        "Hugo:he Iris:she Kofi:he Nina:she Paul:he Rosa:she Yuki:she Finn:he Amir:he Lena:she"
+    ),
+    "heldout": _people(
+        "Oscar:he Julia:she Pedro:he Fatima:she Victor:he Clara:she Tariq:he Wendy:she "
+        "Bruno:he Alice:she George:he Priya:she"
+    ),
+}
+
+THINGS: dict[Split, tuple[Thing, ...]] = {
+    "train": _things(
+        "stamp/stamps marble/marbles pencil/pencils sticker/stickers card/cards book/books "
+        "coin/coins balloon/balloons toy/toys shell/shells crayon/crayons ribbon/ribbons "
+        "button/buttons rock/rocks key/keys ball/balls flower/flowers puzzle/puzzles "
+        "box/boxes brush/brushes"
+    )
+    + _things(
+        "apple/apples cookie/cookies orange/oranges candy/candies cupcake/cupcakes "
+        "grape/grapes cherry/cherries peach/peaches muffin/muffins sandwich/sandwiches",
+        food=True,
+    ),
+    "heldout": _things("feather/feathers leaf/leaves ticket/tickets bottle/bottles")
+    + _things("banana/bananas strawberry/strawberries pie/pies", food=True),
+}
+
+CONTAINERS: dict[Split, tuple[Thing, ...]] = {
+    "train": _things("bag/bags box/boxes basket/baskets jar/jars pack/packs"),
+    "heldout": _things("bucket/buckets crate/crates"),
+}
+
+# (present, past) forms; food-only verbs are used with food objects only.
+ADD_VERBS = (
+    ("buys", "bought"),
+    ("finds", "found"),
+    ("gets", "got"),
+    ("wins", "won"),
+    ("receives", "received"),
+    ("collects", "collected"),
+    ("picks up", "picked up"),
+)
+SUB_VERBS = (
+    ("gives away", "gave away"),
+    ("loses", "lost"),
+    ("sells", "sold"),
+    ("drops", "dropped"),
+)
+SUB_FOOD_VERBS = (("eats", "ate"),)
+
+# Word-problem templates. Fields: {name} {pron} {Pron} {vp} {vpast} {a_x} ("23 stamps"),
+# {b_x}, {b}, {b_n} (the noun alone, in the number b needs), {xs} (plural), and for
+# multiplication {a_cs} ("4 bags") and {c} ("bag").
+# The lists are indexed: the first ones are for training, the last ones are held out.
+ADD_TEMPLATES: dict[Split, tuple[str, ...]] = {
+    "train": (
+        "{name} has {a_x}. {Pron} {vp} {b} more. How many {xs} does {name} have now?",
+        "{name} had {a_x} and {vpast} {b} more. How many {xs} does {pron} have now?",
+        "{name} has {a_x} and {vp} {b} more {b_n}. How many {xs} does {name} have?",
+        "{name} starts with {a_x}. Then {pron} {vp} {b} more. How many {xs} does {pron} have?",
+        "If {name} has {a_x} and {vp} {b} more, how many {xs} does {name} have?",
+        "{name} had {a_x}. Then {pron} {vpast} {b_x} more. How many {xs} does {name} have in all?",
+    ),
+    "heldout": (
+        "{name} has {a_x}, and then {pron} {vp} {b} more {b_n}. How many {xs} does {pron} have now?",
+        "{name} had {a_x}. {Pron} {vpast} {b} more of them. How many {xs} does {name} have in all now?",
+    ),
+}
+
+SUB_TEMPLATES: dict[Split, tuple[str, ...]] = {
+    "train": (
+        "{name} has {a_x}. {Pron} {vp} {b} of them. How many {xs} does {name} have left?",
+        "{name} had {a_x} and {vpast} {b}. How many {xs} does {pron} have now?",
+        "{name} has {a_x} and {vp} {b_x}. How many {xs} does {name} have left?",
+        "{name} starts with {a_x}. Then {pron} {vp} {b}. How many {xs} does {pron} have left?",
+        "If {name} has {a_x} and {vp} {b}, how many {xs} does {name} have left?",
+        "{name} had {a_x}. Then {pron} {vpast} {b_x}. How many {xs} are left?",
+    ),
+    "heldout": (
+        "{name} had {a_x}, but then {pron} {vpast} {b} of them. How many {xs} are left now?",
+        "{name} has {a_x}. {Pron} {vp} {b_x}. How many {xs} does {pron} have now?",
+    ),
+}
+
+MUL_TEMPLATES: dict[Split, tuple[str, ...]] = {
+    "train": (
+        "{name} has {a_cs} with {b_x} in each {c}. How many {xs} does {name} have?",
+        "{name} buys {a_cs} of {xs}. Each {c} has {b_x}. How many {xs} does {pron} have in all?",
+        "{name} has {a_cs}. Each {c} holds {b_x}. How many {xs} are there in all?",
+        "{name} fills {a_cs} with {b_x} each. How many {xs} does {pron} have?",
+        "There are {b_x} in each {c}. {name} has {a_cs}. How many {xs} does {name} have?",
+    ),
+    "heldout": (
+        "{name} has {a_cs}, and each {c} has {b_x} in it. How many {xs} does {pron} have in all?",
+        "{name} buys {a_cs}. There are {b_x} in each {c}. How many {xs} does {name} have now?",
+    ),
+}
+
+# Bare questions: (template, op); the expression always lists a first, as "a op b".
+BARE_TEMPLATES: dict[Split, tuple[tuple[str, Op], ...]] = {
+    "train": (
+        ("What is {a} plus {b}?", "+"),
+        ("What is {a} minus {b}?", "-"),
+        ("What is {a} times {b}?", "*"),
+        ("What is {a} + {b}?", "+"),
+        ("What is {a} - {b}?", "-"),
+        ("What is {a} * {b}?", "*"),
+        ("How much is {a} plus {b}?", "+"),
+        ("What is the sum of {a} and {b}?", "+"),
+        ("What is the product of {a} and {b}?", "*"),
+        ("What is {a} multiplied by {b}?", "*"),
+        ("What is {b} subtracted from {a}?", "-"),
+        ("What is {b} added to {a}?", "+"),
+        ("Compute {a} minus {b}.", "-"),
+        ("Compute {a} plus {b}.", "+"),
+    ),
+    "heldout": (
+        ("How much is {a} times {b}?", "*"),
+        ("How much is {a} minus {b}?", "-"),
+        ("Compute {a} times {b}.", "*"),
+        ("What is {a} and {b} added together?", "+"),
+    ),
+}
+
+KIND_WEIGHTS: dict[str, float] = {"add": 0.25, "sub": 0.25, "mul": 0.2, "bare": 0.3}
+
+ANSWER_FORMS: dict[str, str] = {
+    "add": "The number of {xs} {name} has now is {n}",
+    "sub": "The number of {xs} {name} has left is {n}",
+    "mul": "The number of {xs} {name} has in all is {n}",
+}
+
+
+def _operands(rng: random.Random, op: str) -> tuple[int, int]:
+    """Operands for ``op`` within the task's number range (see module docstring)."""
+    if op == "+":
+        return rng.randint(1, 99), rng.randint(1, 99)
+    if op == "-":
+        a = rng.randint(2, 99)
+        return a, rng.randint(1, a)
+    small, large = rng.randint(2, 9), rng.randint(2, 20)
+    return small, large
+
+
+def evaluate_expression(expression: str) -> int:
+    """Value of ``"a op b"`` as the generator writes it; ``ValueError`` on anything else."""
+    left, op, right = expression.split()
+    a, b = int(left), int(right)
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    raise ValueError(f"unknown operator {op!r} in {expression!r}")
+
+
+def _capital(word: str) -> str:
+    return word[:1].upper() + word[1:]
+
+
+def _word_problem(rng: random.Random, split: Split, kind: str) -> Problem:
+    """An add, sub or mul word problem about one person and one kind of thing."""
+    person = rng.choice(PEOPLE[split])
+    thing = rng.choice(THINGS[split])
+    op: Op = {"add": "+", "sub": "-", "mul": "*"}[kind]  # type: ignore[assignment]
+    a, b = _operands(rng, op)
+    fields = {
+        "name": person.name,
+        "pron": person.pronoun,
+        "Pron": _capital(person.pronoun),
+        "a_x": thing.count(a),
+        "b_x": thing.count(b),
+        "b_n": thing.count(b).split(" ", 1)[1],
+        "xs": thing.plural,
+        "a": str(a),
+        "b": str(b),
+    }
+    if kind == "add":
+        templates = ADD_TEMPLATES[split]
+        fields["vp"], fields["vpast"] = rng.choice(ADD_VERBS)
+    elif kind == "sub":
+        templates = SUB_TEMPLATES[split]
+        verbs = SUB_VERBS + (SUB_FOOD_VERBS if thing.food else ())
+        fields["vp"], fields["vpast"] = rng.choice(verbs)
+    else:
+        templates = MUL_TEMPLATES[split]
+        container = rng.choice(CONTAINERS[split])
+        fields["a_cs"], fields["c"] = container.count(a), container.singular
+    index = rng.randrange(len(templates))
+    value = evaluate_expression(f"{a} {op} {b}")
+    sentence = ANSWER_FORMS[kind].format(xs=thing.plural, name=person.name, n=value)
+    question = templates[index].format(**fields)
+    return Problem(question, f"{a} {op} {b}", value, sentence, kind, index)
+
+
+def _bare_problem(rng: random.Random, split: Split) -> Problem:
+    """A bare question such as ``"What is 15 plus 28?"``."""
+    templates = BARE_TEMPLATES[split]
+    index = rng.randrange(len(templates))
+    template, op = templates[index]
+    a, b = _operands(rng, op)
+    if op == "*" and rng.random() < 0.5:
+        a, b = b, a
+    expression = f"{a} {op} {b}"
+    value = evaluate_expression(expression)
+    sentence = f"{a} {OP_WORDS[op]} {b} is {value}"
+    question = template.format(a=a, b=b)
+    return Problem(question, expression, value, sentence, "bare", index)
+
+
+def make_problem(rng: random.Random, split: Split = "train") -> Problem:
+    """One random problem from ``split``'s names, objects and templates."""
+    kind = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
+    if kind == "bare":
+        return _bare_problem(rng, split)
+    return _word_problem(rng, split, kind)
+
+
+def problems(seed: int, n: int, split: Split = "train") -> list[Problem]:
+    """``n`` problems, reproducible from ``seed``."""
+    rng = random.Random(f"{split}:{seed}")
+    return [make_problem(rng, split) for _ in range(n)]
+
+
+def unique_problems(seed: int, n: int, split: Split, exclude: Sequence[str] = ()) -> list[Problem]:
+    """``n`` problems with distinct questions, none of them in ``exclude``."""
+    seen = set(exclude)
+    out: list[Problem] = []
+    for problem in _stream(seed, split):
+        if problem.question not in seen:
+            seen.add(problem.question)
+            out.append(problem)
+            if len(out) == n:
+                break
+    return out
+
+
+def _stream(seed: int, split: Split) -> Iterator[Problem]:
+    rng = random.Random(f"{split}:{seed}")
+    while True:
+        yield make_problem(rng, split)
+
+
+def write_eval_jsonl(path: Path, *, n: int = 200, seed: int = 1234) -> Path:
+    """Write ``n`` held-out questions as JSONL ``{"question": ..., "answer": <number>}``."""
+    lines = [
+        json.dumps({"question": p.question, "answer": p.value})
+        for p in unique_problems(seed, n, "heldout")
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print a few problems, or write held-out eval data with ``--eval-jsonl``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval-jsonl", type=Path, help="write held-out eval data here")
+    parser.add_argument("-n", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--split", choices=["train", "heldout"], default="train")
+    args = parser.parse_args(argv)
+    if args.eval_jsonl:
+        write_eval_jsonl(args.eval_jsonl, n=args.n, seed=args.seed)
+        return
+    for problem in problems(args.seed, args.n, args.split):
+        print(problem.question, "|", *problem.stage_outputs.values(), sep=" ")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""`edgestack ask` and `edgestack chat` on the tiny real stack."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_stack import Stack
+from edge_stack._env import settings
+from edge_stack.cli import main
+
+from stack_builders import write_stack
+
+pytestmark = [pytest.mark.llama, pytest.mark.torch]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_stack: Path) -> dict[str, object]:
+    with Stack.load(tiny_stack, threads=1) as stack:
+        return stack.ask("What is 15 plus 28?").to_dict()
+
+
+def test_ask_prints_the_answer(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack)], capsys)
+    assert code == 0 and err == ""
+    assert out == f"{expected['answer']}\n"
+
+
+def test_ask_json_shape(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack.parent), "--json"], capsys)
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert list(data) == ["stack", "question", "answer", "seconds", "stages"]
+    assert data["stack"] == "tiny" and data["question"] == "What is 15 plus 28?"
+    assert data["answer"] == expected["answer"]
+    assert [list(s) for s in data["stages"]] == [
+        ["name", "prompt", "output", "prompt_tokens", "completion_tokens", "seconds"]
+    ] * 3
+    strip = [{k: v for k, v in s.items() if k != "seconds"} for s in data["stages"]]
+    assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in expected["stages"]]  # type: ignore[attr-defined]
+
+
+def test_ask_trace_goes_to_stderr(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack), "--trace"], capsys)
+    assert code == 0 and out == f"{expected['answer']}\n"
+    for stage in expected["stages"]:  # type: ignore[attr-defined]
+        assert f"--- {stage['name']} prompt" in err
+        assert stage["prompt"] in err
+        if stage["name"] != "say":
+            assert stage["output"] in err
+
+
+def test_env_stack_and_overrides(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGESTACK_STACK", str(tiny_stack))
+    settings.cache_clear()
+    code, out, _ = run(["ask", "hello", "--json", "--max-tokens", "2", "--temperature", "0.8", "--seed", "3"], capsys)
+    assert code == 0
+    assert all(s["completion_tokens"] <= 2 for s in json.loads(out)["stages"])
+
+
+def test_run_log_and_logs_command(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["ask", "first {q}", "--stack", str(tiny_stack)], capsys)[0] == 0
+    assert run(["ask", "not logged", "--stack", str(tiny_stack), "--no-log"], capsys)[0] == 0
+    monkeypatch.setenv("EDGESTACK_NO_LOG", "1")
+    settings.cache_clear()
+    assert run(["ask", "not logged either", "--stack", str(tiny_stack)], capsys)[0] == 0
+    monkeypatch.delenv("EDGESTACK_NO_LOG")
+    settings.cache_clear()
+    assert run(["ask", "second", "--stack", str(tiny_stack)], capsys)[0] == 0
+
+    code, out, _ = run(["logs", "--json"], capsys)
+    runs = json.loads(out)
+    assert code == 0 and [r["question"] for r in runs] == ["second", "first {q}"]
+    assert runs[0]["stack"] == "tiny" and runs[0]["stack_path"] == str(tiny_stack)
+    assert [s["name"] for s in runs[1]["stages"]] == ["extract", "compute", "say"]
+    assert runs[1]["stages"][0]["prompt"] == "Question: first {q}\nEquation:"
+
+    code, out, _ = run(["logs", "-n", "1", "--stages"], capsys)
+    assert code == 0 and "Q: second" in out and "first" not in out and "extract:" in out
+
+
+def test_logs_empty(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["logs"], capsys)
+    assert code == 0 and out == "" and "no runs logged yet" in err
+    assert json.loads(run(["logs", "--json"], capsys)[1]) == []
+
+
+def test_chat_reads_stdin_until_empty_line(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with Stack.load(tiny_stack, threads=1) as stack:
+        want = [stack.ask(q).text for q in ("one", "two {x}")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo {x}\n\nthree\n"))
+    code, out, err = run(["chat", "--stack", str(tiny_stack)], capsys)
+    assert code == 0 and out == "".join(f"{w}\n" for w in want) and err == ""
+
+
+def test_chat_json_lines_until_eof(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo"))
+    code, out, _ = run(["chat", "--stack", str(tiny_stack), "--json", "--no-log"], capsys)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [d["question"] for d in lines] == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ask", "q", "--stack", "/nonexistent/stack.toml"], "does not exist"),
+        (["ask", "q"], "bundled default stack"),
+        (["chat", "--stack", "/nonexistent"], "does not exist"),
+    ],
+)
+def test_missing_stack_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("edgestack: error:") and message in err and err.count("\n") == 1
+
+
+def test_bad_manifest_and_bad_file_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "stack.toml").write_text('version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{later}"\n')
+    (tmp_path / "m.gguf").write_bytes(os.urandom(1000))
+    code, _, err = run(["ask", "q", "--stack", str(tmp_path)], capsys)
+    assert code == 1 and "stack.toml" in err and "key 'prompt'" in err and err.count("\n") == 1
+    (tmp_path / "stack.toml").write_text('version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{question}"\n')
+    code, _, err = run(["ask", "q", "--stack", str(tmp_path)], capsys)
+    assert code == 1 and "stage s" in err and "m.gguf" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_empty_question_is_a_usage_error(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["ask", "  ", "--stack", str(tiny_stack)], capsys)
+    assert code == 2 and "empty" in err
+
+
+def test_ctrl_c_exits_130_without_traceback(tiny_stack: Path, tmp_path: Path) -> None:
+    long = write_stack(
+        tmp_path / "long",
+        """
+        version = 1
+        [[stages]]
+        name = "ramble"
+        model = "base.gguf"
+        prompt = "Story: {question}"
+        n_ctx = 4096
+        max_tokens = 4000
+        """,
+        {"base.gguf": tiny_stack.parent / "base.gguf"},
+    )
+    with Stack.load(long, threads=1) as stack:
+        if stack.ask("once upon a time").stages[0].completion_tokens < 4000:
+            pytest.skip("the random model ends early on this prompt")
+    env = {**os.environ, "EDGESTACK_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_stack", "ask", "once upon a time", "--stack", str(long)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    assert proc.stdout is not None
+    proc.stdout.read(1)  # the answer has started streaming
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.perf_counter() - sent < 2.0
+    assert b"Traceback" not in err and b"interrupted" in err

@@ -1,0 +1,80 @@
+"""train.py end to end at toy size: the folders it writes load back through transformers + peft."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+WP_DIR = Path(__file__).resolve().parents[2] / "models" / "word-problems"
+
+# peft calls transformers' deprecated is_gradient_checkpointing (their business, not ours)
+pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+
+def _load(name: str) -> ModuleType:
+    if str(WP_DIR) not in sys.path:
+        sys.path.insert(0, str(WP_DIR))
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("peft")
+    train = _load("train")
+    out = tmp_path_factory.mktemp("word-problems")
+    settings = replace(
+        train.Settings.quick(), threads=1, base_steps=8, adapter_steps=4, batch=8, warmup=2
+    )
+    train.run(settings, out)
+    return out
+
+
+def test_folders_are_hf_checkpoints_and_peft_adapters(trained: Path) -> None:
+    for folder in ("base", "baseline"):
+        names = {p.name for p in (trained / folder).iterdir()}
+        assert {
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        } <= names
+    config = json.loads((trained / "base" / "config.json").read_text())
+    assert config["model_type"] == "gpt_neox" and config["use_parallel_residual"] is True
+    tok_config = json.loads((trained / "base" / "tokenizer_config.json").read_text())
+    assert tok_config["add_bos_token"] is False
+    for stage in ("extract", "compute", "answer"):
+        adapter = json.loads((trained / "adapters" / stage / "adapter_config.json").read_text())
+        assert adapter["r"] == 8 and set(adapter["target_modules"]) == {
+            "query_key_value",
+            "dense",
+            "dense_h_to_4h",
+            "dense_4h_to_h",
+        }
+        assert (trained / "adapters" / stage / "adapter_model.safetensors").is_file()
+    log = json.loads((trained / "train_log.json").read_text())
+    assert log["stack_params"] == log["base"]["params"] + sum(
+        a["params"] for a in log["adapters"].values()
+    )
+    assert abs(log["baseline"]["params"] - log["stack_params"]) / log["stack_params"] < 0.05
+
+
+def test_reference_eval_runs_every_stage(trained: Path) -> None:
+    ev = _load("eval_reference")
+    cases = ev.generated_cases(3, "heldout", 1)
+    report = ev.score(ev.load_stack(trained), cases)
+    assert report["n"] == 3 and 0.0 <= report["accuracy"] <= 1.0
+    assert set(report["stage_exact"]) == {"extract", "compute", "answer"}
+    assert ev.score(ev.load_baseline(trained), cases)["n"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "number"), [("The number of pies Alice has left is 11", 11), ("no number", None)]
+)
+def test_final_number(text: str, number: int | None) -> None:
+    assert _load("eval_reference").final_number(text) == number

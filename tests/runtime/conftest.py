@@ -1,0 +1,41 @@
+"""Fixtures for runtime tests: stack folders written in tmp dirs, an isolated data folder."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_stack._env import settings
+
+MakeStack = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("edgestack-home")
+    monkeypatch.setenv("EDGESTACK_HOME", str(home))
+    for var in ("EDGESTACK_STACK", "EDGESTACK_NO_LOG", "EDGESTACK_DEBUG", "EDGESTACK_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> MakeStack:
+    """Write ``stack.toml`` (dedented) into a fresh folder, plus empty placeholder files."""
+    counter = iter(range(1000))
+
+    def make(toml: str, files: tuple[str, ...] = ("base.gguf",)) -> Path:
+        root = tmp_path / f"stack{next(counter)}"
+        root.mkdir()
+        for name in files:
+            (root / name).write_bytes(b"")
+        path = root / "stack.toml"
+        path.write_text(textwrap.dedent(toml), encoding="utf-8")
+        return path
+
+    return make

@@ -1,0 +1,344 @@
+"""The pipeline on real llama.cpp: a three-stage stack (two LoRA stages) over one tiny GGUF."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from stack_builders import random_lora, three_stage_stack, tiny_gguf, write_stack
+
+from edge_stack import Stack, Token
+from edge_stack._engine import Engine
+from edge_stack._llama import LlamaContext, LlamaModel
+from edge_stack._render import parse_template, render
+from edge_stack.errors import (
+    Cancelled,
+    ChecksumMismatch,
+    ContextOverflowError,
+    EdgeStackError,
+    EngineError,
+)
+from edge_stack.manifest import load_manifest
+
+pytestmark = [pytest.mark.llama, pytest.mark.torch]
+
+QUESTIONS = [
+    "Tom has 12 apples and buys 7 more. How many apples does he have?",
+    "What is 15 plus 28?",
+    "A {curly} question with {{double}} braces and {extract}",
+    "Sam has 23 stamps",
+    "zero",
+    "Mia gives away 4 of her 9 pens. How many are left?",
+    "What is 3 times 4?",
+    "Ann has 5 bags with 6 marbles in each bag.",
+]
+
+
+@pytest.fixture(scope="module")
+def stack_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return three_stage_stack(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def stack(stack_path: Path) -> Stack:
+    with Stack.load(stack_path, threads=1) as loaded:
+        yield loaded  # type: ignore[misc]
+
+
+def _direct_llama_cpp(model: Path, lora: Path | None, prompt: str, max_tokens: int) -> tuple[str, int]:
+    """The stage run straight through llama-cpp-python's own Llama class (greedy)."""
+    from llama_cpp import Llama
+
+    kwargs = {"lora_path": str(lora)} if lora else {}
+    llm = Llama(str(model), n_ctx=256, n_threads=1, verbose=False, flash_attn=True, **kwargs)
+    try:
+        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        out: list[int] = []
+        for tok in llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
+            if llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog") else tok == llm.token_eos():
+                break
+            out.append(tok)
+            if len(out) >= max_tokens:
+                break
+        # A character still incomplete when generation ends is dropped, not replaced.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return decoder.decode(llm.detokenize(out), final=False).strip(), len(out)
+    finally:
+        llm.close()
+
+
+def test_stages_equal_direct_llama_cpp(stack: Stack) -> None:
+    spec = stack.spec
+    for question in QUESTIONS[:3]:
+        answer = stack.ask(question)
+        assert len(answer.stages) == 3
+        for stage, trace in zip(spec.stages, answer.stages, strict=True):
+            text, n = _direct_llama_cpp(stage.model, stage.lora, trace.prompt, stage.max_tokens)
+            assert trace.output == text, (stage.name, trace.prompt)
+            assert trace.completion_tokens == n
+        assert answer.text == answer.stages[-1].output
+
+
+def test_stages_equal_direct_llama_layer(stack: Stack) -> None:
+    spec = stack.spec
+    answer = stack.ask(QUESTIONS[0])
+    with LlamaModel.load(spec.stages[0].model) as model:
+        for stage, trace in zip(spec.stages, answer.stages, strict=True):
+            with LlamaContext(model, n_ctx=256, n_threads=1, lora=stage.lora) as ctx:
+                tokens = model.tokenize(trace.prompt, add_bos=model.add_bos, special=True)
+                assert len(tokens) == trace.prompt_tokens
+                text = "".join(t.text for t in ctx.generate(tokens, max_tokens=stage.max_tokens))
+                assert text.strip() == trace.output
+
+
+def test_loras_change_the_output(stack_path: Path, tmp_path: Path) -> None:
+    """The adapters really are attached per context: same prompt, different stage, different text."""
+    spec = load_manifest(stack_path)
+    engine = Engine(spec, threads=1)
+    try:
+        rendered = render(parse_template("Question: {question}\nEquation:"), {"question": "hi"})
+        outputs = set()
+        for name in ("extract", "compute", "say"):
+            runner = engine.runner(name)
+            tokens = runner.tokenize(rendered)
+            params = __import__("edge_stack.stack", fromlist=["_params"])._params(
+                spec.stage(name), 10, None, None
+            )
+            outputs.add("".join(c.text for c in runner.generate(tokens, params, threading.Event())))
+        assert len(outputs) == 3
+        # One model object for the three stages.
+        assert len(engine.models) == 1
+    finally:
+        engine.close()
+
+
+def test_braces_and_special_text_in_question_stay_literal(stack_path: Path) -> None:
+    spec = load_manifest(stack_path)
+    engine = Engine(spec, threads=1)
+    try:
+        question = "x {extract} {{y}} <|endoftext|> z"
+        say = engine.runner("say")
+        model = say.model
+        rendered = render(spec.stage("say").template, {"question": question, "compute": "{q}"})
+        assert rendered.text == f"<|endoftext|>Question: {question}\nValue: {{q}}\nAnswer:"
+        tokens = say.tokenize(rendered)
+        eot = model.special_tokens()["<|endoftext|>"]
+        # The template's own marker is the special token; the question's copy is plain text.
+        assert tokens[0] == eot and tokens.count(eot) == 1
+        rest = model.tokenize(rendered.text[len("<|endoftext|>") :], add_bos=False, special=False)
+        assert tokens[1:] == rest
+    finally:
+        engine.close()
+
+
+def test_token_boundaries_across_joins(stack_path: Path) -> None:
+    """Template text and inserted text are tokenized as one text, as the model saw in training."""
+    spec = load_manifest(stack_path)
+    engine = Engine(spec, threads=1)
+    try:
+        runner = engine.runner("extract")
+        model = runner.model
+        template = parse_template("Que{question}: x")
+        tokens = runner.tokenize(render(template, {"question": "stion"}))
+        whole = model.tokenize("Question: x", add_bos=model.add_bos, special=False)
+        apart = model.tokenize("Que", add_bos=False, special=False) + model.tokenize(
+            "stion: x", add_bos=False, special=False
+        )
+        assert tokens == whole and whole != apart
+    finally:
+        engine.close()
+
+
+def test_answers_reach_the_end_of_every_stage(stack: Stack) -> None:
+    answer = stack.ask(QUESTIONS[2])
+    assert "{curly}" in answer.stages[0].prompt and "{{double}}" in answer.stages[0].prompt
+    assert answer.stages[0].prompt.endswith("{extract}\nEquation:")
+
+
+def test_eight_threads_equal_one_by_one(stack: Stack) -> None:
+    serial = [stack.ask(q).to_dict()["stages"] for q in QUESTIONS]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda q: stack.ask(q).to_dict()["stages"], QUESTIONS))
+    for s, p in zip(serial, parallel, strict=True):
+        assert [(x["prompt"], x["output"], x["completion_tokens"]) for x in s] == [
+            (x["prompt"], x["output"], x["completion_tokens"]) for x in p
+        ]
+
+
+def test_fixed_prompt_start_stays_cached(stack: Stack) -> None:
+    stack.ask("first question")
+    stack.ask("second question")
+    engine = stack._backend
+    assert isinstance(engine, Engine)
+    stats = engine.runner("extract").context.last_stats
+    assert stats.cached_tokens >= 2  # "Question:" was not evaluated again
+
+
+def test_cancel_stops_within_a_few_tokens(stack: Stack) -> None:
+    cancel = threading.Event()
+    engine = stack._backend
+    assert isinstance(engine, Engine)
+    context = engine.runner("extract").context
+    at_cancel = 0
+    with pytest.raises(Cancelled):
+        for event in stack.stream(QUESTIONS[0], cancel=cancel, max_tokens=200):
+            if isinstance(event, Token):
+                at_cancel = context.last_stats.completion_tokens
+                cancel.set()
+    assert context.last_stats.completion_tokens <= at_cancel + 1
+    # Nothing leaked: the next ask gives the usual answer.
+    assert stack.ask(QUESTIONS[1]).to_dict()["answer"] == stack.ask(QUESTIONS[1]).text
+
+
+def test_cancel_from_another_thread_is_prompt(stack_path: Path, tmp_path: Path) -> None:
+    long = write_stack(
+        tmp_path / "long",
+        """
+        version = 1
+        [[stages]]
+        name = "ramble"
+        model = "base.gguf"
+        prompt = "Story: {question}"
+        n_ctx = 2048
+        max_tokens = 2000
+        """,
+        {"base.gguf": stack_path.parent / "base.gguf"},
+    )
+    with Stack.load(long, threads=1) as loaded:
+        full = loaded.ask("once upon a time")
+        if full.stages[0].completion_tokens < 1000:
+            pytest.skip("the random model ends early on this prompt")
+        cancel = threading.Event()
+        threading.Timer(0.05, cancel.set).start()
+        start = time.perf_counter()
+        with pytest.raises(Cancelled):
+            loaded.ask("once upon a time", cancel=cancel)
+        assert time.perf_counter() - start < full.seconds
+
+
+def test_context_overflow_is_clear(stack: Stack) -> None:
+    with pytest.raises(ContextOverflowError, match=r"stage extract.*n_ctx is 256"):
+        stack.ask("word " * 300)
+
+
+def test_close_frees_everything(stack_path: Path) -> None:
+    loaded = Stack.load(stack_path, threads=1)
+    engine = loaded._backend
+    assert isinstance(engine, Engine)
+    contexts = [r.context for r in engine.runners.values()]
+    models = list(engine.models.values())
+    loaded.ask("q")
+    loaded.close()
+    loaded.close()
+    assert all(c._ctx is None for c in contexts) and all(m._ptr is None for m in models)
+    with pytest.raises(EngineError, match="closed"):
+        loaded.ask("q")
+
+
+# --- bad files ---------------------------------------------------------------------------------
+
+ONE_STAGE = """
+version = 1
+[[stages]]
+name = "only"
+model = "model.gguf"
+prompt = "Q: {question}"
+"""
+
+
+def _bad_stack(tmp_path: Path, data: bytes, extra: str = "") -> Path:
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "model.gguf").write_bytes(data)
+    (root / "stack.toml").write_text(ONE_STAGE + extra)
+    return root / "stack.toml"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda base: base.read_bytes()[: len(base.read_bytes()) // 2], id="truncated"),
+        pytest.param(lambda base: os.urandom(4096), id="random-bytes"),
+        pytest.param(lambda base: b"GGUF" + os.urandom(200), id="gguf-magic-then-garbage"),
+        pytest.param(lambda base: b"", id="empty"),
+    ],
+)
+def test_bad_model_file_is_refused(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, make) -> None:  # type: ignore[no-untyped-def]
+    path = _bad_stack(tmp_path, make(tiny_gguf(tmp_path_factory)))
+    with pytest.raises(EdgeStackError) as info:
+        Stack.load(path)
+    message = str(info.value)
+    assert "stage only" in message and "model.gguf" in message and "\n" not in message
+
+
+def test_sha256_mismatch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tiny_gguf(tmp_path_factory)
+    path = _bad_stack(tmp_path, base.read_bytes(), 'sha256 = "' + "0" * 64 + '"\n')
+    with pytest.raises(ChecksumMismatch, match=r"stage only, key 'sha256'.*pins 0000"):
+        Stack.load(path)
+
+
+def test_sha256_match_and_change(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import hashlib
+
+    base = tiny_gguf(tmp_path_factory)
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    path = _bad_stack(tmp_path, base.read_bytes(), f'sha256 = "{digest.upper()}"\n')
+    Stack.load(path).close()
+    Stack.load(path).close()  # second time from the digest cache
+    data = bytearray(base.read_bytes())
+    data[-1] ^= 1
+    (path.parent / "model.gguf").write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch):
+        Stack.load(path)
+
+
+def test_lora_sha256_mismatch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tiny_gguf(tmp_path_factory)
+    lora = random_lora(base, tmp_path / "a.gguf", seed=3)
+    path = write_stack(
+        tmp_path / "s",
+        ONE_STAGE + 'lora = "a.gguf"\nlora_sha256 = "' + "1" * 64 + '"\n',
+        {"model.gguf": base, "a.gguf": lora},
+    )
+    with pytest.raises(ChecksumMismatch, match="lora_sha256"):
+        Stack.load(path)
+
+
+def test_adapter_for_another_base(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tiny_gguf(tmp_path_factory)
+    # An adapter whose A has the wrong input width for this base.
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(tmp_path / "wrong.gguf", arch="gptneox")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 4.0)
+    writer.add_tensor("blk.0.attn_qkv.weight.lora_a", np.zeros((4, 32), np.float32))
+    writer.add_tensor("blk.0.attn_qkv.weight.lora_b", np.zeros((192, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    path = write_stack(
+        tmp_path / "s", ONE_STAGE + 'lora = "wrong.gguf"\n',
+        {"model.gguf": base, "wrong.gguf": tmp_path / "wrong.gguf"},
+    )
+    with pytest.raises(EdgeStackError) as info:
+        Stack.load(path)
+    assert "stage only" in str(info.value) and "wrong.gguf" in str(info.value)
+
+
+def test_model_given_as_adapter(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tiny_gguf(tmp_path_factory)
+    path = write_stack(
+        tmp_path / "s", ONE_STAGE + 'lora = "model.gguf"\n', {"model.gguf": base}
+    )
+    with pytest.raises(EdgeStackError, match="stage only"):
+        Stack.load(path)

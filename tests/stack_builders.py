@@ -1,0 +1,114 @@
+"""Small real stacks for runtime and CLI tests: a tiny converted GGUF, random LoRA adapters, and
+stack folders that use them.
+
+The base comes from the real converter (tests/model_builders.py + edge_stack.convert). The
+adapters are random A/B matrices written with gguf's writer in llama.cpp's LoRA adapter layout;
+they stand in for adapters exported by the LoRA converter (and are what llama.cpp loads either
+way), so the runtime's adapter path is tested with real llama.cpp.
+"""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+_CACHE: dict[tuple[str, str], Path] = {}
+
+#: tensors the random adapters touch (GGUF names without "blk.N." and ".weight")
+LORA_TARGETS = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+
+def tiny_gguf(factory: pytest.TempPathFactory, outtype: str = "q8_0") -> Path:
+    """A tiny random GPT-NeoX (Pythia-shaped) converted to GGUF, built once per session."""
+    key = (str(factory.getbasetemp()), outtype)
+    if key not in _CACHE:
+        from edge_stack.convert import convert_checkpoint
+        from model_builders import build_model
+
+        root = factory.mktemp("tiny-neox")
+        model_dir = build_model("gptneox", root / "hf")
+        _CACHE[key] = convert_checkpoint(model_dir, root / f"base.{outtype}.gguf", outtype=outtype)
+    return _CACHE[key]
+
+
+def random_lora(base: Path, out: Path, *, seed: int, rank: int = 4, std: float = 0.4) -> Path:
+    """A GGUF LoRA adapter for ``base`` with random A and B on every block's LORA_TARGETS."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(base)
+    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert arch_field is not None
+    arch = str(arch_field.contents())
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(out, arch=arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    for tensor in reader.tensors:
+        parts = tensor.name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in LORA_TARGETS or parts[3] != "weight":
+            continue
+        n_in, n_out = (int(d) for d in tensor.shape[:2])  # ggml order: ne0 = inputs
+        a = rng.normal(0.0, std, size=(rank, n_in)).astype(np.float32)
+        b = rng.normal(0.0, std, size=(n_out, rank)).astype(np.float32)
+        writer.add_tensor(f"{tensor.name}.lora_a", a)
+        writer.add_tensor(f"{tensor.name}.lora_b", b)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def write_stack(root: Path, toml: str, files: dict[str, Path]) -> Path:
+    """A stack folder: ``files`` copied in under their new names, and stack.toml."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        if not (root / name).exists():
+            shutil.copyfile(src, root / name)
+    path = root / "stack.toml"
+    path.write_text(textwrap.dedent(toml), encoding="utf-8")
+    return path
+
+
+THREE_STAGES = '''
+name = "tiny"
+version = 1
+[defaults]
+model = "base.gguf"
+n_ctx = 256
+max_tokens = 12
+temperature = 0.0
+[[stages]]
+name = "extract"
+lora = "extract.lora.gguf"
+prompt = "Question: {question}\\nEquation:"
+[[stages]]
+name = "compute"
+lora = "compute.lora.gguf"
+prompt = "Equation: {extract}\\nValue:"
+max_tokens = 8
+[[stages]]
+name = "say"
+prompt = "<|endoftext|>Question: {question}\\nValue: {compute}\\nAnswer:"
+'''
+
+
+def three_stage_stack(factory: pytest.TempPathFactory) -> Path:
+    """The integration stack: two LoRA stages and one plain stage over one base, built once."""
+    key = (str(factory.getbasetemp()), "three")
+    if key not in _CACHE:
+        base = tiny_gguf(factory)
+        root = factory.mktemp("three-stage")
+        lora_dir = factory.mktemp("loras")
+        files = {
+            "base.gguf": base,
+            "extract.lora.gguf": random_lora(base, lora_dir / "extract.gguf", seed=1),
+            "compute.lora.gguf": random_lora(base, lora_dir / "compute.gguf", seed=2),
+        }
+        _CACHE[key] = write_stack(root, THREE_STAGES, files)
+    return _CACHE[key]
