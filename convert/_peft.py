@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # PEFT saves keys relative to the PeftModel: "base_model.model.<module>.lora_A[.<adapter>].weight"
 # (the adapter name, usually "default", is removed by save_pretrained but kept by older tools).
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$"
+)
 
 # Config switches whose effect a GGUF (merged or adapter) cannot reproduce: key -> why.
 _UNSUPPORTED_FLAGS = {
@@ -133,18 +136,24 @@ def targets(target_modules: Any, module: str) -> bool:
     return module in names or any(module.endswith(f".{t}") for t in names)
 
 
-def load_adapter(path: str | Path) -> PeftAdapter:
+def load_adapter(path: str | os.PathLike[str]) -> PeftAdapter:
     """Read a PEFT LoRA adapter folder, refusing anything that is not plain LoRA."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ModelFileNotFound(f"adapter folder {folder} does not exist; give a PEFT adapter folder")
+        raise ModelFileNotFound(
+            f"adapter folder {folder} does not exist; give a PEFT adapter folder"
+        )
     config = _read_config(folder)
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         hint = " (adapter_model.bin: re-save with save_pretrained(safe_serialization=True))"
         raise ModelFileNotFound(
             f"{folder} has no {ADAPTER_WEIGHTS}"
-            + (hint if (folder / "adapter_model.bin").exists() else "; save the adapter with save_pretrained()")
+            + (
+                hint
+                if (folder / "adapter_model.bin").exists()
+                else "; save the adapter with save_pretrained()"
+            )
         )
     tensors = Checkpoint(folder, dict(config), _parse_safetensors_header(weights))
     try:
@@ -210,7 +219,9 @@ def _modules(
                 "layers only, or merge with peft's merge_and_unload() and convert the result"
             )
         if "lora_magnitude_vector" in key:
-            raise AdapterError(f"{where}: {key} is a DoRA magnitude; DoRA adapters are not supported")
+            raise AdapterError(
+                f"{where}: {key} is a DoRA magnitude; DoRA adapters are not supported"
+            )
         match = _LORA_KEY.match(key)
         if match is None:
             # PEFT saves whole embedding / LM-head weights next to the LoRA tensors when an
@@ -223,7 +234,9 @@ def _modules(
             names.add(match["name"])
         pairs.setdefault(match["module"], {})[match["ab"]] = key
     if len(names) > 1:
-        raise AdapterError(f"{where} holds several adapters ({', '.join(sorted(names))}); save them one per folder")
+        raise AdapterError(
+            f"{where} holds several adapters ({', '.join(sorted(names))}); save them one per folder"
+        )
     if not pairs:
         raise AdapterError(f"{where} has no LoRA tensors (lora_A / lora_B)")
 
@@ -236,7 +249,9 @@ def _modules(
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             missing = ({"A", "B"} - set(ab)).pop()
-            raise AdapterError(f"{where}: module {module} has no lora_{missing} tensor; the adapter is incomplete")
+            raise AdapterError(
+                f"{where}: module {module} has no lora_{missing} tensor; the adapter is incomplete"
+            )
         a_shape, b_shape = tensors.shape(ab["A"]), tensors.shape(ab["B"])
         if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
             raise AdapterError(
@@ -253,7 +268,9 @@ def _modules(
                 f"r={rank}; the config does not belong to these weights"
             )
         if not targets(config.get("target_modules"), module):
-            logger.warning("%s: module %s is not among target_modules; merged anyway", where, module)
+            logger.warning(
+                "%s: module %s is not among target_modules; merged anyway", where, module
+            )
         scale = mod_alpha / math.sqrt(rank) if rslora else mod_alpha / rank
         modules.append(LoraModule(module, ab["A"], ab["B"], rank, mod_alpha, scale))
     return modules, copies

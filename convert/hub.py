@@ -38,6 +38,9 @@ ALLOW_PATTERNS: dict[Kind, tuple[str, ...]] = {
         "tokenizer_config.json",
         "special_tokens_map.json",
         "generation_config.json",
+        # transformers 5 keeps chat templates beside the tokenizer config
+        "chat_template.jinja",
+        "additional_chat_templates/*.jinja",
     ),
     "adapter": ("adapter_config.json", "adapter_model.safetensors"),
 }

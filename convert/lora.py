@@ -32,17 +32,15 @@ from edge_stack.errors import AdapterError, BadArgument
 from ._peft import LoraModule, PeftAdapter, load_adapter
 from .arch import ArchSpec
 from .checkpoint import Checkpoint, TensorSource
-from .writer import tensor_type
+from .writer import DIRECT_TYPES, tensor_type
 
 __all__ = ["EXPORT_TYPES", "check_fits", "export_lora", "merged_source"]
 
 logger = logging.getLogger(__name__)
 
-#: --outtype values of export-lora
-EXPORT_TYPES: dict[str, gguf.GGMLQuantizationType] = {
-    "f32": gguf.GGMLQuantizationType.F32,
-    "f16": gguf.GGMLQuantizationType.F16,
-    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+#: --outtype values of export-lora: tensor type and file type
+EXPORT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
+    name: DIRECT_TYPES[name] for name in ("f32", "f16", "q8_0")
 }
 
 
@@ -68,6 +66,17 @@ def check_fits(adapter: PeftAdapter, ckpt: Checkpoint, spec: ArchSpec) -> list[F
     for module in adapter.modules:
         weight = _find_weight_name(module.weight, names)
         delta = adapter.delta_shape(module)
+        if (
+            weight is None
+            and module.name.endswith(("lm_head", "embed_out"))
+            and spec.hparams.tie_embeddings
+        ):
+            problems.append(
+                f"adapter {adapter.path} changes {module.name}, but base {ckpt.path} ties its output "
+                "layer to the input embeddings, so a LoRA on it would change both; train without "
+                f"{module.name} in target_modules, or merge with peft and convert the merged model"
+            )
+            continue
         if weight is None:
             problems.append(
                 f"adapter {adapter.path} changes {module.name} (lora_B @ lora_A is {list(delta)}), "
@@ -106,7 +115,7 @@ def _check_copy(adapter: PeftAdapter, ckpt: Checkpoint, name: str, key: str) -> 
             f"that base {ckpt.path} does not have in that shape (resized vocabulary, or "
             f"modules_to_save?); only plain LoRA is supported; {adapter.trained_for()}"
         )
-    if not np.array_equal(adapter.tensors.read(key), ckpt.read(found)):
+    if not _same_values(adapter, key, ckpt, found):
         return (
             f"adapter {adapter.path} holds a changed copy of {found} (a trained or resized "
             "embedding); only LoRA changes are supported: merge with peft's merge_and_unload() "
@@ -115,9 +124,30 @@ def _check_copy(adapter: PeftAdapter, ckpt: Checkpoint, name: str, key: str) -> 
     return None
 
 
+def _same_values(adapter: PeftAdapter, key: str, ckpt: Checkpoint, name: str) -> bool:
+    # The copy may have been saved at another precision than the checkpoint (a base stored in f32
+    # but trained in bf16): equal up to bf16 rounding (2^-8 relative) counts as unchanged.
+    # Compared in row blocks so an embedding copy never costs two whole matrices of memory.
+    n_rows = ckpt.shape(name)[0] if ckpt.shape(name) else 1
+    for start in range(0, n_rows, 4096):
+        rows = slice(start, start + 4096)
+        if not np.allclose(
+            adapter.tensors.read_rows(key, rows), ckpt.read_rows(name, rows), rtol=2**-7, atol=1e-30
+        ):
+            return False
+    return True
+
+
+# Module names transformers renames in memory but not on disk: transformers 5 calls GPT-NeoX's
+# output layer "lm_head" (so PEFT saves it as such), its checkpoints keep "embed_out".
+_ALIASES = {"lm_head.weight": "embed_out.weight", "embed_out.weight": "lm_head.weight"}
+
+
 def _find_weight_name(name: str, names: set[str]) -> str | None:
     if name in names:
         return name
+    if _ALIASES.get(name) in names:
+        return _ALIASES[name]
     # An adapter trained on the bare transformer (no LM head wrapper) names modules without the
     # checkpoint's outer prefix ("layers.0..." vs "model.layers.0..."): accept one unique match.
     found = [n for n in names if n.endswith("." + name)]
@@ -130,7 +160,9 @@ def _find_weight_name(name: str, names: set[str]) -> str | None:
 class _MergedSource:
     """A checkpoint whose adapted weights read as ``W + sum(scale * s * B @ A)`` (float32)."""
 
-    def __init__(self, ckpt: Checkpoint, deltas: dict[str, list[tuple[PeftAdapter, Fit, float]]]) -> None:
+    def __init__(
+        self, ckpt: Checkpoint, deltas: dict[str, list[tuple[PeftAdapter, Fit, float]]]
+    ) -> None:
         self._ckpt = ckpt
         self._deltas = deltas
 
@@ -194,7 +226,9 @@ def export_tensors(
     for fit in fits:
         target = spec.gguf_name(fit.weight)
         if target is None:
-            raise AdapterError(f"adapter {adapter.path}: {fit.weight} has no tensor in a {spec.arch_name} GGUF")
+            raise AdapterError(
+                f"adapter {adapter.path}: {fit.weight} has no tensor in a {spec.arch_name} GGUF"
+            )
         a, b = adapter.a(fit.module), adapter.b(fit.module)
         if fit.transposed:  # (B @ A).T = A.T @ B.T
             a, b = b.T, a.T
@@ -227,11 +261,13 @@ def export_lora(
 
     target = Path(out)
     check_output(target, force=force)
-    qtype = EXPORT_TYPES.get(outtype.lower())
-    if qtype is None:
-        raise BadArgument(f"unknown --outtype {outtype!r} for a LoRA adapter; choose one of {', '.join(EXPORT_TYPES)}")
-    adapter_dir = resolve_model_dir(adapter, kind="adapter")
-    base_dir = resolve_model_dir(base, kind="model")
+    types = EXPORT_TYPES.get(outtype.lower())
+    if types is None:
+        raise BadArgument(
+            f"unknown --outtype {outtype!r} for a LoRA adapter; choose one of {', '.join(EXPORT_TYPES)}"
+        )
+    adapter_dir = resolve_model_dir(_spec(adapter), kind="adapter")
+    base_dir = resolve_model_dir(_spec(base), kind="model")
     with open_checkpoint(base_dir) as ckpt:
         spec = arch_for(ckpt)
         lora = load_adapter(adapter_dir)
@@ -243,9 +279,28 @@ def export_lora(
         finally:
             lora.close()
     with atomic_output(target, force=force) as tmp:
-        _write_adapter(tmp, spec, tensors, alpha, qtype, name=adapter_dir.name, base=base_name or base_dir.name)
+        _write_adapter(
+            tmp,
+            spec,
+            tensors,
+            alpha,
+            types,
+            name=_display_name(adapter, adapter_dir),
+            base=base_name or _display_name(base, base_dir),
+        )
     logger.info("exported %s -> %s (%d tensors, %s)", adapter_dir, target, len(tensors), outtype)
     return target
+
+
+def _spec(value: str | os.PathLike[str]) -> str | Path:
+    return value if isinstance(value, str) else Path(value)
+
+
+def _display_name(spec: str | os.PathLike[str], folder: Path) -> str:
+    """The folder's name, or for a Hub id its repository name (not the snapshot's commit)."""
+    if Path(spec).expanduser().exists():
+        return folder.name
+    return str(spec).split("@")[0].rstrip("/").split("/")[-1]
 
 
 def _write_adapter(
@@ -253,11 +308,12 @@ def _write_adapter(
     spec: ArchSpec,
     tensors: Sequence[tuple[str, np.ndarray]],
     alpha: float,
-    outtype: gguf.GGMLQuantizationType,
+    types: tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType],
     *,
     name: str,
     base: str,
 ) -> None:
+    outtype, file_type = types
     writer = gguf.GGUFWriter(path=path, arch=spec.arch_name)
     try:
         writer.add_type(gguf.GGUFType.ADAPTER)
@@ -267,6 +323,8 @@ def _write_adapter(
         writer.add_base_model_name(0, base)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        writer.add_file_type(int(file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for tensor_name, data in tensors:
             qtype = tensor_type(data.shape, outtype)
             if qtype == gguf.GGMLQuantizationType.F32:
@@ -280,3 +338,7 @@ def _write_adapter(
         writer.write_tensors_to_file()
     finally:
         writer.close()
+    # The runtime checks every adapter before llama.cpp sees it; ours must pass that check too.
+    from edge_stack._gguf_check import check_gguf
+
+    check_gguf(path, kind="adapter")

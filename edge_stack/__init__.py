@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; modules whose names start with ``_`` a
 
 from __future__ import annotations
 
+from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
 from .errors import (
     AdapterError,
     BadArgument,
@@ -24,7 +25,6 @@ from .errors import (
     UnsupportedArchitecture,
     VerificationFailed,
 )
-from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
 from .manifest import StackSpec, StageSpec, load_manifest
 from .stack import Stack
 

@@ -25,6 +25,19 @@ def check_output(path: Path, *, force: bool) -> None:
         )
 
 
+def _umask() -> int:
+    # /proc tells without changing it; os.umask() must set it to read it (racy with threads).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, force: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
@@ -44,6 +57,8 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool) -> Iterator[Path
             raise OutputExistsError(
                 f"output {target} appeared while writing; pass --force to replace it"
             )
+        # mkstemp creates 0600 files; give the output the mode any new file would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -74,7 +74,7 @@ class LlamaRunner:
                 # id -1 carries held-back text at the end, not a new token.
                 yield Chunk(item.text, 0 if item.id < 0 else 1)
         finally:
-            stream.close()  # type: ignore[attr-defined]
+            stream.close()
 
 
 def _in_stage(exc: EdgeStackError, where: str) -> EdgeStackError:
@@ -109,7 +109,9 @@ class Engine:
                     # Pins first: a file that is not the pinned one is never parsed at all.
                     check_pin(stage.model, stage.sha256, where=f"{where}, key 'sha256'")
                     if stage.lora is not None:
-                        check_pin(stage.lora, stage.lora_sha256, where=f"{where}, key 'lora_sha256'")
+                        check_pin(
+                            stage.lora, stage.lora_sha256, where=f"{where}, key 'lora_sha256'"
+                        )
                     key = stage.model.resolve()
                     model = self.models.get(key)
                     if model is None:
@@ -125,8 +127,13 @@ class Engine:
                 except EdgeStackError as exc:
                     raise _in_stage(exc, where) from exc
                 self.runners[stage.name] = LlamaRunner(stage, model, context)
-                logger.debug("stage %s: %s%s, n_ctx %d", stage.name, stage.model.name,
-                             f" + {stage.lora.name}" if stage.lora else "", stage.n_ctx)
+                logger.debug(
+                    "stage %s: %s%s, n_ctx %d",
+                    stage.name,
+                    stage.model.name,
+                    f" + {stage.lora.name}" if stage.lora else "",
+                    stage.n_ctx,
+                )
         except BaseException:
             self.close()
             raise

@@ -20,6 +20,7 @@ from typing import Any
 from ._llama_context import GenStats, GenToken, LlamaContext
 from ._llama_lib import check_file, llama_errors, reason, set_llama_logging
 from ._llama_lib import lib as _lib
+from ._llama_sampling import check_grammar
 from .errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,10 @@ class LlamaModel:
     def is_eog(self, tok: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, ...)."""
         return bool(_lib().llama_vocab_is_eog(self.vocab, tok))
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise :class:`EngineError` with llama.cpp's reason if the GBNF ``grammar`` is invalid."""
+        check_grammar(_lib(), self.vocab, grammar)
 
     def special_tokens(self) -> dict[str, int]:
         """Text -> id of every control and user-defined token (for splitting templates)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._llama_lib import check_file, default_threads, llama_errors, reason
 from ._llama_lib import lib as _lib
-from ._llama_sampling import StopText, build_sampler
+from ._llama_sampling import StopText, build_sampler, check_grammar
 from .errors import ContextOverflowError, EngineError
 
 if TYPE_CHECKING:
@@ -66,6 +66,14 @@ class LlamaContext:
 
     The tokens currently in the KV cache are remembered: the next :meth:`generate` keeps the
     longest common prefix and evaluates only the rest. One thread at a time per context.
+
+    Results never depend on what the context evaluated before. llama.cpp's CPU kernels round
+    differently for different batch shapes (flash attention switches kernels at 64 rows; float
+    and k-quant matmuls differ between one row and many), so a prompt evaluated in other pieces
+    can give other logits and, at a near-tie, another greedy token. Prompts are therefore always
+    evaluated in micro-batches of ``n_ubatch`` tokens aligned to absolute positions, and only
+    whole prompt micro-batches are reused from the cache: a call computes bit for bit what a
+    fresh context computes.
     """
 
     def __init__(
@@ -75,30 +83,42 @@ class LlamaContext:
         n_ctx: int,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_ubatch: int = 32,
         flash_attn: bool = True,
         lora: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
     ) -> None:
         lib = _lib()
-        if n_ctx < 1 or n_batch < 1:
-            raise EngineError(f"n_ctx ({n_ctx}) and n_batch ({n_batch}) must be positive")
+        if min(n_ctx, n_batch, n_ubatch) < 1:
+            raise EngineError(
+                f"n_ctx ({n_ctx}), n_batch ({n_batch}) and n_ubatch ({n_ubatch}) must be positive"
+            )
         self.model = model
         self.n_ctx = n_ctx
-        self.n_batch = min(n_batch, n_ctx)
+        #: reuse granularity and llama.cpp's micro-batch (see the class docstring)
+        self.n_ubatch = min(n_ubatch, n_batch, n_ctx)
+        # Tokens per llama_decode call: whole micro-batches, so each call starts on a boundary.
+        self.n_batch = min(n_batch, n_ctx) // self.n_ubatch * self.n_ubatch
         self.lora = Path(lora) if lora is not None else None
         threads = n_threads or default_threads()
         self._lock = threading.Lock()
         self._call = itertools.count(1)
         self._current = 0
         self._tokens: list[int] = []
+        # Leading cached tokens that were evaluated as whole aligned prompt micro-batches, i.e.
+        # exactly as a fresh context would evaluate them (generated tokens never count).
+        self._reusable = 0
         self._adapter: Any = None
         self._batch: Any = None
         #: stats of the current or last generate() call
         self.last_stats = GenStats()
 
+        if self.lora is not None:
+            self._check_lora(self.lora)  # before any native allocation
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_ubatch
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = (
@@ -125,15 +145,16 @@ class LlamaContext:
             raise
         model._contexts.add(self)
 
-    def _attach_lora(self, path: Path, scale: float) -> None:
-        lib = _lib()
+    def _check_lora(self, path: Path) -> None:
         check_file(path, "adapter")
         try:
             from ._gguf_check import check_adapter_fits
         except ImportError:  # pragma: no cover - only while the checker is being written
-            pass
-        else:
-            check_adapter_fits(path, self.model.path)
+            return
+        check_adapter_fits(path, self.model.path)
+
+    def _attach_lora(self, path: Path, scale: float) -> None:
+        lib = _lib()
         with llama_errors() as errors:
             self._adapter = lib.llama_adapter_lora_init(self.model.ptr, os.fsencode(path))
         if not self._adapter:
@@ -159,6 +180,7 @@ class LlamaContext:
             self._live()
             _lib().llama_memory_clear(self._mem, True)
             self._tokens = []
+            self._reusable = 0
 
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits for every position of ``tokens``: float32 array ``(len(tokens), n_vocab)``.
@@ -178,7 +200,9 @@ class LlamaContext:
             self._live()
             _lib().llama_memory_clear(self._mem, True)
             self._tokens = []
+            self._reusable = 0
             self._decode(ids, all_logits=True, rows=rows)
+            self._reusable = len(ids) // self.n_ubatch * self.n_ubatch
         return np.concatenate(rows, axis=0)
 
     def last_logits(self) -> np.ndarray:
@@ -208,9 +232,10 @@ class LlamaContext:
 
         Stops at ``max_tokens`` generated tokens, an end-of-generation token (not yielded), a stop
         string (never emitted) or when ``cancel`` is set (checked between tokens). Greedy when
-        ``temperature <= 0``. Raises :class:`ContextOverflowError` at once (before any
-        evaluation) when the prompt plus ``max_tokens`` does not fit ``n_ctx``. Counts and
-        timings are in :attr:`last_stats` (updated as it goes).
+        ``temperature <= 0``. Raises at once, before any evaluation: :class:`ContextOverflowError`
+        when the prompt plus ``max_tokens`` does not fit ``n_ctx``, :class:`EngineError` for a
+        bad token id or a GBNF ``grammar`` that does not parse. Counts and timings are in
+        :attr:`last_stats` (updated as it goes).
         """
         ids = self._check_tokens(tokens)
         if max_tokens < 0:
@@ -221,6 +246,8 @@ class LlamaContext:
                 f"{len(ids) + max_tokens} does not fit the context of {self.n_ctx} tokens; "
                 "shorten the prompt, lower max_tokens or raise n_ctx"
             )
+        if grammar is not None:
+            check_grammar(_lib(), self.model.vocab, grammar)  # now, not at the first token
         sampling = {
             "temperature": temperature,
             "top_k": top_k,
@@ -249,6 +276,7 @@ class LlamaContext:
                 lib.llama_adapter_lora_free(self._adapter)
                 self._adapter = None
             self._tokens = []
+            self._reusable = 0
         self.model._contexts.discard(self)
 
     def __enter__(self) -> LlamaContext:
@@ -290,7 +318,10 @@ class LlamaContext:
         rows: list[np.ndarray] | None = None,
         cancel: threading.Event | None = None,
     ) -> bool:
-        """Append ``ids`` to the KV cache in ``n_batch`` chunks (caller holds the lock).
+        """Append ``ids`` to the KV cache, ``n_batch`` per llama_decode call (caller holds the lock).
+
+        llama.cpp splits each call into ``n_ubatch`` micro-batches from its first token; callers
+        start prompts on a multiple of ``n_ubatch`` so the micro-batches are aligned.
 
         Logits: for every position with ``all_logits`` (collected into ``rows``), else only for
         the last one. Returns False if ``cancel`` was set between chunks.
@@ -316,6 +347,7 @@ class LlamaContext:
                 # The cache state after a failed decode is not ours to guess: start over next time.
                 lib.llama_memory_clear(self._mem, True)
                 self._tokens = []
+                self._reusable = 0
                 raise EngineError(
                     f"llama_decode failed (code {rc}) at position {pos0} of {self.n_ctx} "
                     f"for {self.model.path}: {reason(errors)}"
@@ -327,20 +359,24 @@ class LlamaContext:
         return True
 
     def _reuse_prefix(self, ids: np.ndarray) -> int:
-        """Drop the cached tokens after the longest common prefix with ``ids``; return its length.
+        """Drop the cache after the reusable part of the common prefix with ``ids``.
 
-        At least the last prompt token is always evaluated again, to get its logits.
+        Returns how many leading tokens are kept: whole aligned prompt micro-batches only (see
+        the class docstring), and never the last prompt token, which is evaluated again for
+        its logits.
         """
         old = self._tokens
         m = min(len(old), len(ids) - 1)
         same = np.asarray(old[:m], dtype=np.int32) == ids[:m]
-        keep = m if same.all() else int(np.argmin(same))
+        common = m if same.all() else int(np.argmin(same))
+        keep = min(common, self._reusable) // self.n_ubatch * self.n_ubatch
         if keep < len(old):
             lib = _lib()
             if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
                 lib.llama_memory_clear(self._mem, True)
                 keep = 0
             self._tokens = old[:keep]
+        self._reusable = keep
         return keep
 
     def _generate(
@@ -360,6 +396,8 @@ class LlamaContext:
             self._own(call)
             stats.cached_tokens = self._reuse_prefix(ids)
             done = self._decode(ids[stats.cached_tokens :], cancel=cancel)
+            if done:
+                self._reusable = len(ids) // self.n_ubatch * self.n_ubatch
         stats.prompt_seconds = time.perf_counter() - t0
         if not done:
             stats.finish_reason = "cancelled"

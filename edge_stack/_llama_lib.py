@@ -122,6 +122,9 @@ def default_threads() -> int:
     return settings().threads or os.cpu_count() or 1
 
 
+_stderr_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def native_stderr() -> Iterator[list[str]]:
     """Capture what C code writes to file descriptor 2 inside the block (into the yielded list).
@@ -130,11 +133,9 @@ def native_stderr() -> Iterator[list[str]]:
     the log callback; captured, the message can go into our one-line error instead.
     """
     captured: list[str] = []
-    try:
-        fd = sys.stderr.fileno() if sys.stderr is not None else 2
-    except (AttributeError, OSError, ValueError):
-        fd = 2
-    with tempfile.TemporaryFile() as tmp:
+    fd = 2  # C's stderr, whatever Python's sys.stderr is at the moment
+    # Serialized: two overlapping redirections could leave fd 2 pointing at a temporary file.
+    with _stderr_lock, tempfile.TemporaryFile() as tmp:
         if sys.stderr is not None:
             sys.stderr.flush()
         saved = os.dup(fd)

@@ -47,11 +47,7 @@ def build_sampler(
     try:
         if grammar is not None:
             # First, so every later step only sees tokens the grammar allows.
-            with native_stderr() as said:
-                smpl = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
-            if not smpl:
-                why = " ".join(" ".join(said).split()) or "syntax error, or no rule named 'root'"
-                raise EngineError(f"llama.cpp rejected the GBNF grammar: {why}")
+            smpl = _grammar_sampler(lib, vocab, grammar)
             lib.llama_sampler_chain_add(chain, smpl)
         if repeat_penalty != 1.0:
             pen = lib.llama_sampler_init_penalties(
@@ -77,6 +73,31 @@ def build_sampler(
     except BaseException:
         lib.llama_sampler_free(chain)
         raise
+
+
+#: grammars llama.cpp has parsed once: parsing them again prints nothing, no need to capture
+_parsed_grammars: set[str] = set()
+
+
+def _grammar_sampler(lib: Any, vocab: Any, grammar: str) -> Any:
+    if grammar in _parsed_grammars:
+        smpl = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+        said: list[str] = []
+    else:
+        # llama.cpp's GBNF parser prints its errors to stderr itself; capture them for ours.
+        with native_stderr() as said:
+            smpl = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not smpl:
+        why = " ".join(" ".join(said).split()) or "syntax error, or no rule named 'root'"
+        raise EngineError(f"llama.cpp rejected the GBNF grammar: {why}")
+    _parsed_grammars.add(grammar)
+    return smpl
+
+
+def check_grammar(lib: Any, vocab: Any, grammar: str) -> None:
+    """Raise :class:`EngineError` (with llama.cpp's reason) if ``grammar`` does not parse."""
+    if grammar not in _parsed_grammars:
+        lib.llama_sampler_free(_grammar_sampler(lib, vocab, grammar))
 
 
 class StopText:

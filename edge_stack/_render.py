@@ -145,9 +145,7 @@ def _special_pattern(specials: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(s) for s in ordered))
 
 
-def split_special(
-    rendered: Rendered, special_tokens: Mapping[str, int]
-) -> list[str | int]:
+def split_special(rendered: Rendered, special_tokens: Mapping[str, int]) -> list[str | int]:
     """Split the prompt into text stretches and special-token ids.
 
     Only template segments are searched for special-token strings; inserted segments are always

@@ -97,16 +97,30 @@ class RunLog:
             cur = conn.execute(
                 "INSERT INTO runs (created, stack, stack_path, question, answer, seconds) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), answer.stack, str(stack_path), answer.question, answer.text,
-                 answer.seconds),
+                (
+                    time.time(),
+                    answer.stack,
+                    str(stack_path),
+                    answer.question,
+                    answer.text,
+                    answer.seconds,
+                ),
             )
             run_id = int(cur.lastrowid or 0)
             conn.executemany(
                 "INSERT INTO stages (run_id, idx, name, prompt, output, prompt_tokens, "
                 "completion_tokens, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (run_id, i, s.name, s.prompt, s.output, s.prompt_tokens, s.completion_tokens,
-                     s.seconds)
+                    (
+                        run_id,
+                        i,
+                        s.name,
+                        s.prompt,
+                        s.output,
+                        s.prompt_tokens,
+                        s.completion_tokens,
+                        s.seconds,
+                    )
                     for i, s in enumerate(answer.stages)
                 ],
             )
@@ -131,7 +145,18 @@ class RunLog:
                     (row[0],),
                 ).fetchall()
                 keys = ("name", "prompt", "output", "prompt_tokens", "completion_tokens", "seconds")
-                runs.append(LoggedRun(*row, stages=tuple(dict(zip(keys, s, strict=True)) for s in stages)))
+                runs.append(
+                    LoggedRun(
+                        id=row[0],
+                        created=row[1],
+                        stack=row[2],
+                        stack_path=row[3],
+                        question=row[4],
+                        answer=row[5],
+                        seconds=row[6],
+                        stages=tuple(dict(zip(keys, s, strict=True)) for s in stages),
+                    )
+                )
         return runs
 
 

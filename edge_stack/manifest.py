@@ -104,7 +104,9 @@ class _Where:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def error(self, message: str, *, stage: str | None = None, key: str | None = None) -> ManifestError:
+    def error(
+        self, message: str, *, stage: str | None = None, key: str | None = None
+    ) -> ManifestError:
         return ManifestError(f"{self.path}: {self._at(stage, key)}{message}")
 
     def missing(self, message: str, *, stage: str | None, key: str) -> ModelFileNotFound:
@@ -212,20 +214,34 @@ _TOP_KEYS = {"name", "description", "version", "defaults", "stages"}
 
 
 def _check_keys(
-    table: Mapping[str, object], allowed: set[str] | Mapping[str, object], where: _Where, *,
-    stage: str | None, section: str,
+    table: Mapping[str, object],
+    allowed: set[str] | Mapping[str, object],
+    where: _Where,
+    *,
+    stage: str | None,
+    section: str,
 ) -> None:
     for key in table:
         if key not in allowed:
             known = ", ".join(sorted(allowed))
-            raise where.error(f"unknown key in {section} (known keys: {known})", stage=stage, key=key)
+            raise where.error(
+                f"unknown key in {section} (known keys: {known})", stage=stage, key=key
+            )
 
 
-def _resolve_file(root: Path, value: str, where: _Where, *, stage: str, key: str, check: bool) -> Path:
-    path = (root / Path(value).expanduser()).resolve() if not Path(value).is_absolute() else Path(value)
+def _resolve_file(
+    root: Path, value: str, where: _Where, *, stage: str, key: str, check: bool
+) -> Path:
+    path = (
+        (root / Path(value).expanduser()).resolve()
+        if not Path(value).is_absolute()
+        else Path(value)
+    )
     if check and not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise where.missing(f"{path} {what}; fix the path (it is relative to stack.toml)", stage=stage, key=key)
+        raise where.missing(
+            f"{path} {what}; fix the path (it is relative to stack.toml)", stage=stage, key=key
+        )
     return path
 
 
@@ -241,7 +257,8 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
     if not _is_int(version) or version != MANIFEST_VERSION:
         raise where.error(
             f"manifest version {version!r} is not supported; this edgestack reads version "
-            f"{MANIFEST_VERSION}", key="version",
+            f"{MANIFEST_VERSION}",
+            key="version",
         )
     name = data.get("name", root.name)
     if not isinstance(name, str) or not name.strip():
@@ -255,8 +272,9 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
         raise where.error("must be a table ([defaults])", key="defaults")
     allowed_defaults = {k: v for k, v in STAGE_KEYS.items() if k != "name"}
     if "name" in defaults_raw:
-        raise where.error("a stage name cannot have a default; give each stage its own name",
-                          key="defaults.name")
+        raise where.error(
+            "a stage name cannot have a default; give each stage its own name", key="defaults.name"
+        )
     _check_keys(defaults_raw, allowed_defaults, where, stage=None, section="[defaults]")
     defaults: dict[str, Any] = {}
     for key, value in defaults_raw.items():
@@ -284,14 +302,19 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
         if not isinstance(stage_name, str) or not _NAME.fullmatch(stage_name):
             raise where.error(
                 f"must match [a-z][a-z0-9_]* (it is used as {{name}} in later prompts), got {stage_name!r}",
-                stage=label, key="name",
+                stage=label,
+                key="name",
             )
         if stage_name in _RESERVED:
-            raise where.error(f"'{stage_name}' is reserved for the input; pick another name",
-                              stage=label, key="name")
+            raise where.error(
+                f"'{stage_name}' is reserved for the input; pick another name",
+                stage=label,
+                key="name",
+            )
         if stage_name in seen:
-            raise where.error("another stage already has this name; names must be unique",
-                              stage=label, key="name")
+            raise where.error(
+                "another stage already has this name; names must be unique", stage=label, key="name"
+            )
 
         values: dict[str, Any] = dict(defaults)
         for key, value in raw.items():
@@ -301,11 +324,13 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
                 raise where.error(str(exc), stage=label, key=key) from None
         for required in ("model", "prompt"):
             if required not in values:
-                raise where.error("missing key (set it in the stage or in [defaults])",
-                                  stage=label, key=required)
+                raise where.error(
+                    "missing key (set it in the stage or in [defaults])", stage=label, key=required
+                )
         if "lora_sha256" in values and "lora" not in values:
-            raise where.error("pins an adapter but the stage has no 'lora'", stage=label,
-                              key="lora_sha256")
+            raise where.error(
+                "pins an adapter but the stage has no 'lora'", stage=label, key="lora_sha256"
+            )
 
         prompt: str = values["prompt"]
         try:
@@ -316,36 +341,55 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
             if ref == "question" or ref in seen:
                 continue
             later = any(isinstance(s, dict) and s.get("name") == ref for s in stages_raw[index:])
-            why = ("runs later (or is this stage): a prompt may name {question} and earlier stages only"
-                   if later else "is not a stage of this stack")
+            why = (
+                "runs later (or is this stage): a prompt may name {question} and earlier stages only"
+                if later
+                else "is not a stage of this stack"
+            )
             known = ", ".join(["question", *[s.name for s in stages]])
-            raise where.error(f"{{{ref}}} {why} (available here: {known})", stage=label, key="prompt")
+            raise where.error(
+                f"{{{ref}}} {why} (available here: {known})", stage=label, key="prompt"
+            )
 
-        model = _resolve_file(root, values["model"], where, stage=label, key="model", check=check_files)
+        model = _resolve_file(
+            root, values["model"], where, stage=label, key="model", check=check_files
+        )
         lora = None
         if "lora" in values:
-            lora = _resolve_file(root, values["lora"], where, stage=label, key="lora", check=check_files)
+            lora = _resolve_file(
+                root, values["lora"], where, stage=label, key="lora", check=check_files
+            )
         grammar = values.get("grammar")
         if grammar is not None and "::=" not in grammar:
             gpath = _resolve_file(root, grammar, where, stage=label, key="grammar", check=True)
             try:
                 grammar = gpath.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
-                raise where.error(f"cannot read {gpath}: {exc}", stage=label, key="grammar") from None
+                raise where.error(
+                    f"cannot read {gpath}: {exc}", stage=label, key="grammar"
+                ) from None
 
         fields: dict[str, Any] = {
-            k: v for k, v in values.items() if k not in {"model", "lora", "grammar", "name", "prompt"}
+            k: v
+            for k, v in values.items()
+            if k not in {"model", "lora", "grammar", "name", "prompt"}
         }
         stages.append(
             StageSpec(
-                name=stage_name, model=model, lora=lora, grammar=grammar, prompt=prompt,
-                template=template, **fields,
+                name=stage_name,
+                model=model,
+                lora=lora,
+                grammar=grammar,
+                prompt=prompt,
+                template=template,
+                **fields,
             )
         )
         seen.add(stage_name)
 
-    return StackSpec(path=path, name=name.strip(), description=description, version=version,
-                     stages=tuple(stages))
+    return StackSpec(
+        path=path, name=name.strip(), description=description, version=version, stages=tuple(stages)
+    )
 
 
 def load_manifest(path: str | Path, *, check_files: bool = True) -> StackSpec:
@@ -360,7 +404,9 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StackSpec:
         p = p / "stack.toml"
     p = p.resolve()
     if not p.is_file():
-        raise ModelFileNotFound(f"stack manifest {p} does not exist; pass a stack.toml or a stack folder")
+        raise ModelFileNotFound(
+            f"stack manifest {p} does not exist; pass a stack.toml or a stack folder"
+        )
     try:
         raw = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:

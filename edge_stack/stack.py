@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
 
@@ -135,7 +134,7 @@ class Stack:
         temperature: float | None = None,
         seed: int | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """Like :meth:`ask`, but yield events as they happen: ``StageStarted``, ``Token`` (each
         new piece of a stage's output), ``StageFinished``, and finally ``Done`` with the answer.
 
@@ -154,7 +153,7 @@ class Stack:
         temperature: float | None,
         seed: int | None,
         cancel: threading.Event,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         start = time.perf_counter()
         values = {"question": question}
         traces: list[StageTrace] = []
@@ -206,8 +205,13 @@ class Stack:
                     completion_tokens=completion,
                     seconds=time.perf_counter() - stage_start,
                 )
-            logger.debug("stage %s: %d+%d tokens in %.3fs", stage.name, trace.prompt_tokens,
-                         trace.completion_tokens, trace.seconds)
+            logger.debug(
+                "stage %s: %d+%d tokens in %.3fs",
+                stage.name,
+                trace.prompt_tokens,
+                trace.completion_tokens,
+                trace.seconds,
+            )
             traces.append(trace)
             values[stage.name] = output
             yield StageFinished(stage.name, index, trace)
@@ -298,20 +302,14 @@ def _check_overrides(max_tokens: int | None, temperature: float | None, seed: in
 def _params(
     stage: StageSpec, max_tokens: int | None, temperature: float | None, seed: int | None
 ) -> GenerationParams:
-    params = GenerationParams(
-        max_tokens=stage.max_tokens,
-        temperature=stage.temperature,
+    return GenerationParams(
+        max_tokens=stage.max_tokens if max_tokens is None else max_tokens,
+        temperature=stage.temperature if temperature is None else temperature,
         top_k=stage.top_k,
         top_p=stage.top_p,
         min_p=stage.min_p,
         repeat_penalty=stage.repeat_penalty,
-        seed=stage.seed,
+        seed=stage.seed if seed is None else seed,
         stop=stage.stop,
         grammar=stage.grammar,
     )
-    overrides = {
-        k: v
-        for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed))
-        if v is not None
-    }
-    return replace(params, **overrides) if overrides else params

@@ -11,10 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Linear layers adapted per architecture (PEFT target_modules, suffix form).
+# Linear layers adapted per architecture (PEFT target_modules, suffix form). transformers 5 calls
+# GPT-NeoX's output layer lm_head, 4.x embed_out: both are listed.
 TARGETS: dict[str, list[str]] = {
-    "gptneox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+    "gptneox": [
+        "query_key_value",
+        "dense",
+        "dense_h_to_4h",
+        "dense_4h_to_h",
+        "lm_head",
+        "embed_out",
+    ],
+    "llama": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ],
 }
 TARGETS["qwen2"] = TARGETS["llama"]
 
@@ -29,7 +46,7 @@ REGEX_TARGETS["qwen2"] = REGEX_TARGETS["llama"]
 PATTERNS: dict[str, tuple[dict[str, int], dict[str, float]]] = {
     "gptneox": (
         {"layers.0.attention.query_key_value": 4, "dense_4h_to_h": 2},
-        {"dense_h_to_4h": 4, r"layers\.1\.attention\..*": 32, "embed_out": 3},
+        {"dense_h_to_4h": 4, r"layers\.1\.attention\..*": 32, "lm_head": 3},
     ),
     "llama": (
         {"layers.0.self_attn.q_proj": 4, "down_proj": 2, "k_proj": 6},

@@ -1,10 +1,9 @@
-"""Small real stacks for runtime and CLI tests: a tiny converted GGUF, random LoRA adapters, and
-stack folders that use them.
+"""Small real stacks for runtime and CLI tests, and the files they use.
 
-The base comes from the real converter (tests/model_builders.py + edge_stack.convert). The
-adapters are random A/B matrices written with gguf's writer in llama.cpp's LoRA adapter layout;
-they stand in for adapters exported by the LoRA converter (and are what llama.cpp loads either
-way), so the runtime's adapter path is tested with real llama.cpp.
+The integration stack is built the way users build theirs: a tiny random GPT-NeoX checkpoint
+converted by edgestack (tests/conftest.py's tiny_model/tiny_gguf), and random PEFT adapters
+(tests/lora_builders.py) exported by edgestack's LoRA exporter. ``random_lora`` writes an adapter
+GGUF directly, for quick tests of adapter files that need no PEFT source.
 """
 
 from __future__ import annotations
@@ -19,19 +18,6 @@ _CACHE: dict[tuple[str, str], Path] = {}
 
 #: tensors the random adapters touch (GGUF names without "blk.N." and ".weight")
 LORA_TARGETS = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
-
-
-def tiny_gguf(factory: pytest.TempPathFactory, outtype: str = "q8_0") -> Path:
-    """A tiny random GPT-NeoX (Pythia-shaped) converted to GGUF, built once per session."""
-    key = (str(factory.getbasetemp()), outtype)
-    if key not in _CACHE:
-        from edge_stack.convert import convert_checkpoint
-        from model_builders import build_model
-
-        root = factory.mktemp("tiny-neox")
-        model_dir = build_model("gptneox", root / "hf")
-        _CACHE[key] = convert_checkpoint(model_dir, root / f"base.{outtype}.gguf", outtype=outtype)
-    return _CACHE[key]
 
 
 def random_lora(base: Path, out: Path, *, seed: int, rank: int = 4, std: float = 0.4) -> Path:
@@ -50,7 +36,12 @@ def random_lora(base: Path, out: Path, *, seed: int, rank: int = 4, std: float =
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
     for tensor in reader.tensors:
         parts = tensor.name.split(".")
-        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in LORA_TARGETS or parts[3] != "weight":
+        if (
+            len(parts) != 4
+            or parts[0] != "blk"
+            or parts[2] not in LORA_TARGETS
+            or parts[3] != "weight"
+        ):
             continue
         n_in, n_out = (int(d) for d in tensor.shape[:2])  # ggml order: ne0 = inputs
         a = rng.normal(0.0, std, size=(rank, n_in)).astype(np.float32)
@@ -75,7 +66,7 @@ def write_stack(root: Path, toml: str, files: dict[str, Path]) -> Path:
     return path
 
 
-THREE_STAGES = '''
+THREE_STAGES = """
 name = "tiny"
 version = 1
 [defaults]
@@ -95,20 +86,26 @@ max_tokens = 8
 [[stages]]
 name = "say"
 prompt = "<|endoftext|>Question: {question}\\nValue: {compute}\\nAnswer:"
-'''
+"""
 
 
-def three_stage_stack(factory: pytest.TempPathFactory) -> Path:
-    """The integration stack: two LoRA stages and one plain stage over one base, built once."""
+def three_stage_stack(factory: pytest.TempPathFactory, base_hf: Path, base_gguf: Path) -> Path:
+    """The integration stack: two LoRA stages (real PEFT adapters, exported) and one plain stage
+    over one Q8_0 base, built once per session."""
     key = (str(factory.getbasetemp()), "three")
     if key not in _CACHE:
-        base = tiny_gguf(factory)
+        from edge_stack.convert.lora import export_lora
+
+        from lora_builders import build_adapter
+
         root = factory.mktemp("three-stage")
-        lora_dir = factory.mktemp("loras")
-        files = {
-            "base.gguf": base,
-            "extract.lora.gguf": random_lora(base, lora_dir / "extract.gguf", seed=1),
-            "compute.lora.gguf": random_lora(base, lora_dir / "compute.gguf", seed=2),
-        }
+        files = {"base.gguf": base_gguf}
+        for seed, name in enumerate(("extract", "compute"), start=11):
+            peft_dir = build_adapter(
+                base_hf, factory.mktemp(f"peft-{name}"), "gptneox", "plain", [1, 2, 3], seed=seed
+            ).path
+            files[f"{name}.lora.gguf"] = export_lora(
+                peft_dir, base_hf, factory.mktemp(f"lora-{name}") / f"{name}.gguf", outtype="f16"
+            )
         _CACHE[key] = write_stack(root, THREE_STAGES, files)
     return _CACHE[key]

@@ -12,8 +12,19 @@ from .._env import settings
 from ..errors import EdgeStackError
 from ._app import app
 
-# Each module registers its commands on `app`; they import heavy packages only when run.
-from . import _ask_cmd, _inspect_cmd, _logs_cmd, _convert_cmd, _lora_cmd, _quantize_cmd, _verify_cmd  # noqa: F401  isort: skip
+# Each module registers its commands on `app` (the order is the order of --help); they import
+# heavy packages only when a command runs.
+from . import (  # noqa: F401  isort: skip
+    _ask_cmd,
+    _inspect_cmd,
+    _logs_cmd,
+    _convert_cmd,
+    _lora_cmd,
+    _quantize_cmd,
+    _verify_cmd,
+    _build_cmd,
+    _eval_cmd,
+)
 
 __all__ = ["app", "main"]
 
@@ -30,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        app(args=argv, prog_name="edgestack", standalone_mode=False)
+        code = app(args=argv, prog_name="edgestack", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -69,3 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    # Without standalone mode typer *returns* a typer.Exit's code, and turns Ctrl-C into 130.
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:
+            print("edgestack: interrupted", file=sys.stderr)
+        sys.exit(code)

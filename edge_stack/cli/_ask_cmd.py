@@ -22,7 +22,9 @@ StackOpt = Annotated[
         help="stack.toml or stack folder (default: $EDGESTACK_STACK, then the bundled stack).",
     ),
 ]
-TraceOpt = Annotated[bool, typer.Option("--trace", help="Show every stage's prompt and output on stderr.")]
+TraceOpt = Annotated[
+    bool, typer.Option("--trace", help="Show every stage's prompt and output on stderr.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer and its stages as JSON.")]
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads for llama.cpp (default: all).")
@@ -83,6 +85,10 @@ def _answer_one(
                 out.flush()
             elif isinstance(event, StageFinished):
                 t = event.trace
+                if event.index == last and not as_json:
+                    # End the streamed answer's line before any trace line follows on the terminal.
+                    out.write("\n")
+                    out.flush()
                 if trace and (event.index != last or as_json):
                     _rule(f"{t.name} output", err)
                     err.write(t.output + "\n")
@@ -95,12 +101,10 @@ def _answer_one(
             elif isinstance(event, Done):
                 if as_json:
                     out.write(json.dumps(event.answer.to_dict(), ensure_ascii=False) + "\n")
-                else:
-                    out.write("\n")
-                out.flush()
+                    out.flush()
                 return event.answer
     finally:
-        stream.close()  # type: ignore[attr-defined]
+        stream.close()
     return None
 
 
@@ -135,8 +139,15 @@ def ask(
     loaded, path = _load(stack, threads, verbose)
     with loaded:
         answer = _answer_one(
-            loaded, question, trace=trace, as_json=as_json, max_tokens=max_tokens,
-            temperature=temperature, seed=seed, out=sys.stdout, err=sys.stderr,
+            loaded,
+            question,
+            trace=trace,
+            as_json=as_json,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            out=sys.stdout,
+            err=sys.stderr,
         )
     if isinstance(answer, Answer):
         log_answer(answer, stack_path=path, enabled=not no_log)
@@ -183,8 +194,15 @@ def chat(
             if not question:
                 break
             answer = _answer_one(
-                loaded, question, trace=trace, as_json=as_json, max_tokens=max_tokens,
-                temperature=temperature, seed=seed, out=sys.stdout, err=sys.stderr,
+                loaded,
+                question,
+                trace=trace,
+                as_json=as_json,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                out=sys.stdout,
+                err=sys.stderr,
             )
             if isinstance(answer, Answer):
                 log_answer(answer, stack_path=path, enabled=not no_log)

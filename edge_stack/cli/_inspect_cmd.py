@@ -55,9 +55,16 @@ def gguf_info(summary: GGUFSummary) -> dict[str, Any]:
         "tensor_bytes": summary.tensor_bytes,
         "context_length": summary.context_length,
         "lora_alpha": summary.lora_alpha,
-        "tokenizer": None if tok is None else {
-            "model": tok.model, "pre": tok.pre, "n_tokens": tok.n_tokens, "bos_id": tok.bos_id,
-            "eos_id": tok.eos_id, "add_bos": tok.add_bos, "has_chat_template": tok.has_chat_template,
+        "tokenizer": None
+        if tok is None
+        else {
+            "model": tok.model,
+            "pre": tok.pre,
+            "n_tokens": tok.n_tokens,
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "add_bos": tok.add_bos,
+            "has_chat_template": tok.has_chat_template,
         },
         "metadata": {k: _jsonable(v) for k, v in summary.metadata.items()},
         "tensors": [
@@ -104,21 +111,24 @@ def stack_info(spec: StackSpec) -> dict[str, Any]:
     kv_total = 0
     for stage in spec.stages:
         model = summary(stage.model, "model")
-        lora = summary(stage.lora, "adapter") if stage.lora else None
+        if stage.lora:
+            summary(stage.lora, "adapter")
         kv = _kv_bytes(model, stage.n_ctx) if not isinstance(model, str) else None
         kv_total += kv or 0
-        stages.append({
-            "name": stage.name,
-            "model": str(stage.model),
-            "lora": str(stage.lora) if stage.lora else None,
-            "lora_scale": stage.lora_scale,
-            "prompt": stage.prompt,
-            "stop": list(stage.stop),
-            "max_tokens": stage.max_tokens,
-            "temperature": stage.temperature,
-            "n_ctx": stage.n_ctx,
-            "kv_cache_bytes": kv,
-        })
+        stages.append(
+            {
+                "name": stage.name,
+                "model": str(stage.model),
+                "lora": str(stage.lora) if stage.lora else None,
+                "lora_scale": stage.lora_scale,
+                "prompt": stage.prompt,
+                "stop": list(stage.stop),
+                "max_tokens": stage.max_tokens,
+                "temperature": stage.temperature,
+                "n_ctx": stage.n_ctx,
+                "kv_cache_bytes": kv,
+            }
+        )
     files = []
     for path, s in summaries.items():
         entry: dict[str, Any] = {"path": str(path)}
@@ -168,7 +178,9 @@ def _print_gguf(info: dict[str, Any]) -> None:
         )
     echo("metadata:")
     for key, value in info["metadata"].items():
-        echo(f"  {key} = {value if not isinstance(value, str) else repr(value)[:120]}")
+        # Long arrays arrive as their summary text ("[string x 640: ...]"), shown unquoted.
+        shown = value if not isinstance(value, str) or value.startswith("[") else repr(value)
+        echo(f"  {key} = {str(shown)[:160]}")
     echo("tensors:")
     for t in info["tensors"][:_SHOWN_TENSORS]:
         shape = "x".join(str(d) for d in t["shape"])
@@ -196,7 +208,9 @@ def _print_stack(info: dict[str, Any]) -> None:
         if "problem" in f:
             echo(f"  {f['path']}: {f['problem']}")
         else:
-            echo(f"  {f['path']}: {f['kind']}, {f['arch']}, {f['file_type']}, {_mb(f['size_bytes'])}")
+            echo(
+                f"  {f['path']}: {f['kind']}, {f['arch']}, {f['file_type']}, {_mb(f['size_bytes'])}"
+            )
     m = info["memory"]
     echo(
         f"estimated memory: {_mb(m['estimated_total_bytes'])} = models {_mb(m['model_bytes'])} "
@@ -225,12 +239,13 @@ def inspect(
     from ..manifest import load_manifest
 
     if not path.exists():
-        raise ModelFileNotFound(f"{path} does not exist; give a stack.toml, a stack folder or a .gguf")
+        raise ModelFileNotFound(
+            f"{path} does not exist; give a stack.toml, a stack folder or a .gguf"
+        )
     if path.is_file() and _is_gguf(path):
         from .._gguf_check import check_gguf
 
-        kind = "adapter" if _is_adapter(path) else "model"
-        info = gguf_info(check_gguf(path, kind=kind))
+        info = gguf_info(check_gguf(path, kind=None))
         printer = _print_gguf
         bad = False
     else:
@@ -243,22 +258,3 @@ def inspect(
         printer(info)
     if bad:
         raise typer.Exit(1)
-
-
-def _is_adapter(path: Path) -> bool:
-    """Whether the file says general.type = adapter (read from the header only)."""
-    import gguf
-
-    from ..errors import GGUFFileError
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception:  # malformed: let check_gguf report it properly as a model
-        return False
-    field = reader.get_field(gguf.Keys.General.TYPE)
-    if field is None:
-        return False
-    try:
-        return str(field.contents()) == "adapter"
-    except (GGUFFileError, ValueError, IndexError):
-        return False

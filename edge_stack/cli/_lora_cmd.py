@@ -13,9 +13,14 @@ from ._app import app
 
 @app.command("export-lora")
 def export_lora(
-    adapter: Annotated[str, typer.Argument(help="PEFT adapter folder, or Hub id owner/name[@revision].")],
+    adapter: Annotated[
+        str, typer.Argument(help="PEFT adapter folder, or Hub id owner/name[@revision].")
+    ],
     base: Annotated[
-        str, typer.Option("--base", "-b", help="The Hugging Face checkpoint (folder or Hub id) it was trained on.")
+        str,
+        typer.Option(
+            "--base", "-b", help="The Hugging Face checkpoint (folder or Hub id) it was trained on."
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="GGUF adapter file to write.")],
     outtype: Annotated[str, typer.Option(help="f32, f16 or q8_0.")] = "f32",
@@ -41,4 +46,5 @@ def export_lora(
     if as_json:
         typer.echo(json.dumps({"output": str(path), "outtype": outtype.lower(), "bytes": size}))
     else:
-        typer.echo(f"{path}\t{outtype.lower()}\t{size / 1e6:.1f} MB")
+        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+        typer.echo(f"{path}\t{outtype.lower()}\t{shown}")

@@ -91,7 +91,11 @@ PEOPLE: dict[Split, tuple[Person, ...]] = {
         "Sam:he Mia:she Tom:he Anna:she Ben:he Lily:she Jack:he Emma:she Leo:he Zoe:she "
         "Max:he Nora:she Omar:he Ella:she Ravi:he Lucy:she Noah:he Ava:she Liam:he Ruby:she "
         "Adam:he Sara:she Ivan:he Hana:she Carlos:he Maya:she Dan:he Grace:she Eli:he Chloe:she "
-        "Hugo:he Iris:she Kofi:he Nina:she Paul:he Rosa:she Yuki:she Finn:he Amir:he Lena:she"
+        "Hugo:he Iris:she Kofi:he Nina:she Paul:he Rosa:she Yuki:she Finn:he Amir:he Lena:she "
+        "Ali:he Beth:she Cody:he Dina:she Erik:he Faye:she Gus:he Holly:she Ian:he Jade:she "
+        "Kurt:he Lara:she Milo:he Nell:she Otto:he Pia:she Raj:he Sofia:she Theo:he Uma:she "
+        "Vince:he Willa:she Xavier:he Yara:she Zack:he Asha:she Boris:he Cora:she Dev:he Elsa:she "
+        "Felix:he Gina:she Hank:he Ines:she Jonas:he Kira:she Luca:he Mina:she Nico:he Olga:she"
     ),
     "heldout": _people(
         "Oscar:he Julia:she Pedro:he Fatima:she Victor:he Clara:she Tariq:he Wendy:she "
@@ -150,6 +154,7 @@ ADD_TEMPLATES: dict[Split, tuple[str, ...]] = {
         "{name} starts with {a_x}. Then {pron} {vp} {b} more. How many {xs} does {pron} have?",
         "If {name} has {a_x} and {vp} {b} more, how many {xs} does {name} have?",
         "{name} had {a_x}. Then {pron} {vpast} {b_x} more. How many {xs} does {name} have in all?",
+        "{name} had {a_x}, and {pron} {vpast} {b} more. How many {xs} does {name} have now?",
     ),
     "heldout": (
         "{name} has {a_x}, and then {pron} {vp} {b} more {b_n}. How many {xs} does {pron} have now?",
@@ -165,6 +170,7 @@ SUB_TEMPLATES: dict[Split, tuple[str, ...]] = {
         "{name} starts with {a_x}. Then {pron} {vp} {b}. How many {xs} does {pron} have left?",
         "If {name} has {a_x} and {vp} {b}, how many {xs} does {name} have left?",
         "{name} had {a_x}. Then {pron} {vpast} {b_x}. How many {xs} are left?",
+        "{name} had {a_x}, but {pron} {vpast} {b}. How many {xs} does {pron} have left?",
     ),
     "heldout": (
         "{name} had {a_x}, but then {pron} {vpast} {b} of them. How many {xs} are left now?",
@@ -179,6 +185,7 @@ MUL_TEMPLATES: dict[Split, tuple[str, ...]] = {
         "{name} has {a_cs}. Each {c} holds {b_x}. How many {xs} are there in all?",
         "{name} fills {a_cs} with {b_x} each. How many {xs} does {pron} have?",
         "There are {b_x} in each {c}. {name} has {a_cs}. How many {xs} does {name} have?",
+        "{name} has {a_cs}, each with {b_x}. How many {xs} does {name} have in all?",
     ),
     "heldout": (
         "{name} has {a_cs}, and each {c} has {b_x} in it. How many {xs} does {pron} have in all?",

@@ -4,7 +4,7 @@ Needs the optional ``train`` extra (torch, transformers, peft, tokenizers); the 
 never imports this file. Everything is generated here and seeded, so a run is reproducible::
 
     python models/word-problems/train.py --out /work/artifacts/word-problems
-    python models/word-problems/train.py --out /tmp/wp-quick --quick    # a smoke run, ~1 minute
+    python models/word-problems/train.py --out /tmp/wp-quick --quick    # a smoke run, seconds
 
 Writes, under ``--out``::
 
@@ -13,7 +13,8 @@ Writes, under ``--out``::
     baseline/             single model, question -> final sentence (the paper's comparison)
     train_log.json        settings, parameter counts, losses and seconds per phase
 
-Measure with ``python models/word-problems/eval_reference.py --out DIR``.
+``--only stack`` / ``--only baseline`` run one half (both can run at once, on a core each; the
+log is then ``train_log_<half>.json``). Measure with ``eval_reference.py --out DIR``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -31,11 +31,10 @@ from typing import Any
 
 import generate
 import stages as stages_mod
-from stages import Example
+from train_data import EOS, Encoded, batches, encode, save_tokenizer, train_tokenizer
 
 log = logging.getLogger("train")
 
-EOS = "<|endoftext|>"
 LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 
 
@@ -44,155 +43,45 @@ class Settings:
     """Every knob of a run; written to ``train_log.json``."""
 
     seed: int = 0
-    threads: int = 2
-    vocab_size: int = 640
+    threads: int = 1  # run --only stack and --only baseline side by side on a 2-core CPU
+    only: str = "all"  # "all", "stack" or "baseline"
+    problems: int = 40000
+    vocab_size: int = 1024
     split_digits: bool = True
     hidden: int = 256
     layers: int = 4
     heads: int = 8
     max_positions: int = 256
-    batch: int = 32
-    base_steps: int = 2400
+    batch_tokens: int = 1024
+    base_steps: int = 1400
     base_lr: float = 2e-3
-    adapter_steps: int = 300
+    # examples per problem of each stage in the base's mix: arithmetic needs the most practice
+    base_mix: str = "extract=1,compute=3,answer=1"
+    adapter_steps: str = "extract=200,compute=800,answer=100"
     adapter_lr: float = 2e-3
     lora_r: int = 8
     lora_alpha: int = 16
     warmup: int = 100
     tokenizer_problems: int = 20000
-    baseline: bool = True
 
     @classmethod
     def quick(cls) -> Settings:
         """A smoke-test run: tiny model, a few steps."""
         return cls(
+            problems=3000,
             hidden=64,
             layers=2,
             heads=4,
             base_steps=60,
-            adapter_steps=20,
+            adapter_steps="extract=20,compute=20,answer=20",
             warmup=10,
             tokenizer_problems=3000,
         )
 
-
-# --- tokenizer -----------------------------------------------------------------------------------
-
-
-def train_tokenizer(texts: Sequence[str], vocab_size: int, *, split_digits: bool) -> Any:
-    """A byte-level BPE with GPT-2's pre-tokenizer and one special token, ``<|endoftext|>``.
-
-    With ``split_digits`` every merge that would join two digits is dropped after training, so
-    numbers are read and written digit by digit (the model can learn carrying instead of a
-    100 x 100 table) while the pre-tokenizer keeps exactly the GPT-2/Pythia structure.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    if split_digits:
-        tok = _drop_digit_merges(tok)
-    return tok
-
-
-def _drop_digit_merges(tok: Any) -> Any:
-    """Remove merges whose result holds two digits, then renumber the vocabulary densely."""
-    from tokenizers import Tokenizer
-
-    spec = json.loads(tok.to_str())
-    model = spec["model"]
-    merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
-
-    def digits(token: str) -> int:
-        return sum(ch.isdigit() for ch in token)
-
-    kept_merges = [m for m in merges if digits(m[0] + m[1]) < 2]
-    dropped = {m[0] + m[1] for m in merges if digits(m[0] + m[1]) >= 2}
-    ordered = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-    vocab = {token: i for i, (token, _) in enumerate(t for t in ordered if t[0] not in dropped)}
-    model["vocab"], model["merges"] = vocab, kept_merges
-    for added in spec.get("added_tokens", []):
-        added["id"] = vocab[added["content"]]
-    return Tokenizer.from_str(json.dumps(spec))
-
-
-def save_tokenizer(tok: Any, folder: Path, max_positions: int) -> Any:
-    """Save ``tokenizer.json`` and ``tokenizer_config.json`` the way Pythia ships them."""
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=EOS,
-        model_max_length=max_positions,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.save_pretrained(folder)
-    # No BOS: prompts start at position 0 in training, as llama.cpp must feed them.
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.update(add_bos_token=False, add_eos_token=False)
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return fast
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of prompt + completion + EOS, and which positions carry loss."""
-
-    ids: list[int]
-    n_prompt: int
-
-
-def encode(tok: Any, examples: Sequence[Example], eos_id: int) -> list[Encoded]:
-    """Tokenize prompt and completion separately: prompts end at a pre-token boundary (``:``), so
-    this equals tokenizing the whole text, as the runtime does."""
-    prompts = tok.encode_batch([e.prompt for e in examples])
-    completions = tok.encode_batch([e.completion for e in examples])
-    return [
-        Encoded(p.ids + c.ids + [eos_id], len(p.ids))
-        for p, c in zip(prompts, completions, strict=True)
-    ]
-
-
-def batches(
-    data: Sequence[Encoded], batch: int, steps: int, seed: int, *, prompt_loss: bool, pad_id: int
-) -> Iterator[dict[str, Any]]:
-    """``steps`` shuffled, right-padded batches; labels -100 on padding (and prompts if asked)."""
-    import torch
-
-    rng = random.Random(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < batch:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-        chunk = [data[order.pop()] for _ in range(batch)]
-        width = max(len(e.ids) for e in chunk)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long)
-        labels = torch.full((batch, width), -100, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, e in enumerate(chunk):
-            n = len(e.ids)
-            ids[row, :n] = torch.tensor(e.ids)
-            mask[row, :n] = 1
-            start = 0 if prompt_loss else e.n_prompt
-            labels[row, start:n] = ids[row, start:n]
-        yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def per_stage(self, field: str) -> dict[str, int]:
+        """``"extract=1,compute=3"`` -> ``{"extract": 1, "compute": 3}``."""
+        pairs = (item.split("=") for item in getattr(self, field).split(","))
+        return {name.strip(): int(value) for name, value in pairs}
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -255,6 +144,7 @@ def fit_loop(
     model.eval()
     tail = losses[-20:]
     return {
+        "steps": steps,
         "first_loss": losses[0],
         "last_loss": sum(tail) / len(tail),
         "seconds": time.perf_counter() - start,
@@ -270,13 +160,8 @@ def train_base(
 
     torch.manual_seed(s.seed)
     model = GPTNeoXForCausalLM(base_config(s, vocab, eos_id))
-    stats = fit_loop(
-        model,
-        batches(data, s.batch, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id),
-        s.base_steps,
-        s.base_lr,
-        s,
-    )
+    feed = batches(data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id)
+    stats = fit_loop(model, feed, s.base_steps, s.base_lr, s)
     model.save_pretrained(out)
     return {"params": n_params(model), **stats}
 
@@ -296,7 +181,7 @@ def lora_config(s: Settings) -> Any:
 
 
 def train_adapter(
-    s: Settings, base_dir: Path, data: Sequence[Encoded], eos_id: int, out: Path, seed: int
+    s: Settings, base_dir: Path, data: Sequence[Encoded], steps: int, out: Path, seed: int
 ) -> dict[str, Any]:
     """One stage's LoRA over the frozen base, loss on the stage's output tokens and EOS."""
     import torch
@@ -304,62 +189,60 @@ def train_adapter(
     from transformers import GPTNeoXForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(GPTNeoXForCausalLM.from_pretrained(base_dir), lora_config(s))
-    stats = fit_loop(
-        model,
-        batches(data, s.batch, s.adapter_steps, seed, prompt_loss=False, pad_id=eos_id),
-        s.adapter_steps,
-        s.adapter_lr,
-        s,
-    )
+    base = GPTNeoXForCausalLM.from_pretrained(base_dir)
+    model = get_peft_model(base, lora_config(s))
+    pad = base.config.eos_token_id
+    feed = batches(data, s.batch_tokens, steps, seed, prompt_loss=False, pad_id=pad)
+    stats = fit_loop(model, feed, steps, s.adapter_lr, s)
     model.save_pretrained(out)
     return {"params": n_params(model, trainable_only=True), **stats}
 
 
 def baseline_intermediate(s: Settings, vocab: int, eos_id: int, target: int) -> int:
     """The FFN width (a multiple of 32) that brings the baseline closest to ``target`` params."""
+    import torch
     from transformers import GPTNeoXForCausalLM
 
     def count(ff: int) -> int:
-        with _meta_device():
+        with torch.device("meta"):
             return n_params(GPTNeoXForCausalLM(base_config(s, vocab, eos_id, intermediate=ff)))
 
     per_32 = count(4 * s.hidden + 32) - count(4 * s.hidden)
     return 4 * s.hidden + 32 * round((target - count(4 * s.hidden)) / per_32)
 
 
-def _meta_device() -> Any:
+def stack_param_count(s: Settings, vocab: int, eos_id: int, n_stages: int) -> int:
+    """Parameters the stack holds: the shared base once, plus every stage's LoRA A and B
+    (r x (in + out) per targeted linear layer). Counted on the meta device, nothing allocated."""
     import torch
+    from transformers import GPTNeoXForCausalLM
 
-    return torch.device("meta")
+    with torch.device("meta"):
+        base = GPTNeoXForCausalLM(base_config(s, vocab, eos_id))
+    lora = sum(
+        s.lora_r * (module.in_features + module.out_features)
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+    )
+    return n_params(base) + n_stages * lora
 
 
 def train_baseline(
     s: Settings, data: Sequence[Encoded], vocab: int, eos_id: int, target: int, out: Path
 ) -> dict[str, Any]:
-    """Question -> sentence in one model: LM on everything for the base's steps, then the
-    adapters' steps with loss on the sentence only (all weights train)."""
+    """Question -> sentence in one model, same budget as the stack: LM on everything for the base's
+    steps, then the adapters' steps (summed) with loss on the sentence only, all weights training."""
     import torch
     from transformers import GPTNeoXForCausalLM
 
     torch.manual_seed(s.seed)
     ff = baseline_intermediate(s, vocab, eos_id, target)
     model = GPTNeoXForCausalLM(base_config(s, vocab, eos_id, intermediate=ff))
-    first = fit_loop(
-        model,
-        batches(data, s.batch, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id),
-        s.base_steps,
-        s.base_lr,
-        s,
-    )
-    steps = 3 * s.adapter_steps
-    second = fit_loop(
-        model,
-        batches(data, s.batch, steps, s.seed + 1, prompt_loss=False, pad_id=eos_id),
-        steps,
-        s.adapter_lr,
-        s,
-    )
+    feed = batches(data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id)
+    first = fit_loop(model, feed, s.base_steps, s.base_lr, s)
+    steps = sum(s.per_stage("adapter_steps").values())
+    feed = batches(data, s.batch_tokens, steps, s.seed + 1, prompt_loss=False, pad_id=eos_id)
+    second = fit_loop(model, feed, steps, s.adapter_lr, s)
     model.save_pretrained(out)
     return {
         "params": n_params(model),
@@ -373,64 +256,83 @@ def train_baseline(
 # --- the run -------------------------------------------------------------------------------------
 
 
-def training_problems(s: Settings, n: int) -> list[generate.Problem]:
-    """Training problems (train pool only), seeded."""
-    return generate.problems(s.seed, n, "train")
+def build_tokenizer(s: Settings, stack: list[stages_mod.StagePrompt]) -> Any:
+    """The BPE, trained on the stage texts of the first ``tokenizer_problems`` problems."""
+    problems = generate.problems(s.seed, s.tokenizer_problems, "train")
+    texts = [e.prompt + e.completion for p in problems for e in stages_mod.stage_examples(p, stack)]
+    return train_tokenizer(texts, s.vocab_size, split_digits=s.split_digits)
+
+
+def stage_data(
+    s: Settings, stack: list[stages_mod.StagePrompt]
+) -> dict[str, list[stages_mod.Example]]:
+    """Per stage, its examples from ``problems`` training problems times its share in the mix
+    (each repeat draws fresh problems)."""
+    mix = s.per_stage("base_mix")
+    most = max(mix.values())
+    problems = generate.problems(s.seed, s.problems * most, "train")
+    rows = [stages_mod.stage_examples(p, stack) for p in problems]
+    return {
+        st.name: [row[i] for row in rows[: s.problems * mix.get(st.name, 1)]]
+        for i, st in enumerate(stack)
+    }
+
+
+def run_stack(
+    s: Settings, out: Path, tok: Any, stack: list[stages_mod.StagePrompt]
+) -> dict[str, Any]:
+    """Base, then one adapter per stage."""
+    eos_id, vocab = tok.token_to_id(EOS), tok.get_vocab_size()
+    data = {name: encode(tok, examples, eos_id) for name, examples in stage_data(s, stack).items()}
+    mixed = [e for encoded in data.values() for e in encoded]
+    log.info("base: %d stage texts, vocab %d", len(mixed), vocab)
+    result: dict[str, Any] = {"base": train_base(s, mixed, vocab, eos_id, out / "base")}
+    save_tokenizer(
+        tok, out / "base", s.max_positions
+    )  # after the model: its save clears the folder
+    result["adapters"] = {}
+    steps = s.per_stage("adapter_steps")
+    for i, (name, encoded) in enumerate(data.items()):
+        log.info("adapter %s", name)
+        result["adapters"][name] = train_adapter(
+            s, out / "base", encoded, steps[name], out / "adapters" / name, s.seed + 1 + i
+        )
+    adapters = sum(a["params"] for a in result["adapters"].values())
+    result["stack_params"] = result["base"]["params"] + adapters
+    return result
+
+
+def run_baseline(s: Settings, out: Path, tok: Any, stack_params: int) -> dict[str, Any]:
+    """The single-model baseline on the same problems."""
+    eos_id, vocab = tok.token_to_id(EOS), tok.get_vocab_size()
+    stage = stages_mod.load_stages(stages_mod.BASELINE_RECIPE)[0]
+    problems = generate.problems(s.seed, s.problems, "train")
+    data = encode(tok, [stages_mod.baseline_example(p, stage) for p in problems], eos_id)
+    log.info("baseline: %d questions, target %d params", len(data), stack_params)
+    result = train_baseline(s, data, vocab, eos_id, stack_params, out / "baseline")
+    save_tokenizer(tok, out / "baseline", s.max_positions)
+    return result
 
 
 def run(s: Settings, out: Path) -> dict[str, Any]:
-    """The whole pipeline; returns (and writes) the training log."""
+    """The whole pipeline (or the half ``s.only`` names); returns and writes the training log."""
     import torch
 
     torch.set_num_threads(s.threads)
-    random.seed(s.seed)
     started = time.perf_counter()
     stack = stages_mod.load_stages(stages_mod.RECIPE)
-    baseline_stage = stages_mod.load_stages(stages_mod.BASELINE_RECIPE)[0]
-    n_problems = s.batch * max(s.base_steps, 3 * s.adapter_steps)
-    problems = training_problems(s, n_problems)
-    rows = [stages_mod.stage_examples(p, stack) for p in problems]
-    per_stage = {st.name: [row[i] for row in rows] for i, st in enumerate(stack)}
-    texts = [e.prompt + e.completion for row in rows[: s.tokenizer_problems] for e in row]
-    tok = train_tokenizer(texts, s.vocab_size, split_digits=s.split_digits)
-    eos_id = tok.token_to_id(EOS)
-    vocab = tok.get_vocab_size()
-    base_dir = out / "base"
-
-    mixed = [e for examples in per_stage.values() for e in examples]
-    random.Random(s.seed).shuffle(mixed)
-    result: dict[str, Any] = {"settings": asdict(s), "vocab_size": vocab}
-    log.info("base: %d stage texts, vocab %d", len(mixed), vocab)
-    result["base"] = train_base(
-        s, encode(tok, mixed[: s.batch * s.base_steps], eos_id), vocab, eos_id, base_dir
-    )
-    save_tokenizer(tok, base_dir, s.max_positions)  # after the model: its save clears the folder
-    result["adapters"] = {}
-    for i, (name, examples) in enumerate(per_stage.items()):
-        log.info("adapter %s", name)
-        result["adapters"][name] = train_adapter(
-            s,
-            base_dir,
-            encode(tok, examples, eos_id),
-            eos_id,
-            out / "adapters" / name,
-            s.seed + 1 + i,
-        )
-    stack_params = result["base"]["params"] + sum(a["params"] for a in result["adapters"].values())
-    result["stack_params"] = stack_params
-    if s.baseline:
-        log.info("baseline (target %d params)", stack_params)
-        result["baseline"] = train_baseline(
-            s,
-            encode(tok, [stages_mod.baseline_example(p, baseline_stage) for p in problems], eos_id),
-            vocab,
-            eos_id,
-            stack_params,
-            out / "baseline",
-        )
-        save_tokenizer(tok, out / "baseline", s.max_positions)
+    tok = build_tokenizer(s, stack)
+    vocab, eos_id = tok.get_vocab_size(), tok.token_to_id(EOS)
+    target = stack_param_count(s, vocab, eos_id, len(stack))
+    result: dict[str, Any] = {"settings": asdict(s), "vocab_size": vocab, "stack_params": target}
+    if s.only in ("all", "stack"):
+        result.update(run_stack(s, out, tok, stack))
+        result["stack_seconds"] = time.perf_counter() - started
+    if s.only in ("all", "baseline"):
+        result["baseline"] = run_baseline(s, out, tok, target)
     result["seconds"] = time.perf_counter() - started
-    (out / "train_log.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    name = {"all": "train_log.json"}.get(s.only, f"train_log_{s.only}.json")
+    (out / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
@@ -442,17 +344,14 @@ def parse_settings(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None
-            )
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"))
         else:
-            parser.add_argument(flag, type=type(f.default), default=None)
+            parser.add_argument(flag, type=type(f.default))
     args = parser.parse_args(argv)
     base = Settings.quick() if args.quick else Settings()
-    overrides = {
-        f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None
-    }
-    return Settings(**{**asdict(base), **overrides}), args.out
+    overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
+    kept = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**{**asdict(base), **kept}), args.out
 
 
 def quiet_libraries() -> None:
@@ -473,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings, out = parse_settings(argv)
     out.mkdir(parents=True, exist_ok=True)
     result = run(settings, out)
-    log.info("done in %.0f s: stack %d params", result["seconds"], result["stack_params"])
+    log.info("done in %.0f s", result["seconds"])
 
 
 if __name__ == "__main__":

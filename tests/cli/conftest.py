@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,5 +25,9 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def tiny_stack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return three_stage_stack(tmp_path_factory)
+def tiny_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Callable[[str], Path],
+    tiny_gguf: Callable[..., Path],
+) -> Path:
+    return three_stage_stack(tmp_path_factory, tiny_model("gptneox"), tiny_gguf("gptneox", "q8_0"))

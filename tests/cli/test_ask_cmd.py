@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import Stack
+from edge_stack import Stack, StageFinished
 from edge_stack._env import settings
 from edge_stack.cli import main
 
@@ -38,14 +38,20 @@ def expected(tiny_stack: Path) -> dict[str, object]:
         return stack.ask("What is 15 plus 28?").to_dict()
 
 
-def test_ask_prints_the_answer(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+def test_ask_prints_the_answer(
+    tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack)], capsys)
     assert code == 0 and err == ""
     assert out == f"{expected['answer']}\n"
 
 
-def test_ask_json_shape(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack.parent), "--json"], capsys)
+def test_ask_json_shape(
+    tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        ["ask", "What is 15 plus 28?", "--stack", str(tiny_stack.parent), "--json"], capsys
+    )
     assert code == 0 and err == ""
     data = json.loads(out)
     assert list(data) == ["stack", "question", "answer", "seconds", "stages"]
@@ -58,8 +64,12 @@ def test_ask_json_shape(tiny_stack: Path, expected: dict[str, object], capsys: p
     assert strip == [{k: v for k, v in s.items() if k != "seconds"} for s in expected["stages"]]  # type: ignore[attr-defined]
 
 
-def test_ask_trace_goes_to_stderr(tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["ask", "What is 15 plus 28?", "--stack", str(tiny_stack), "--trace"], capsys)
+def test_ask_trace_goes_to_stderr(
+    tiny_stack: Path, expected: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        ["ask", "What is 15 plus 28?", "--stack", str(tiny_stack), "--trace"], capsys
+    )
     assert code == 0 and out == f"{expected['answer']}\n"
     for stage in expected["stages"]:  # type: ignore[attr-defined]
         assert f"--- {stage['name']} prompt" in err
@@ -68,15 +78,22 @@ def test_ask_trace_goes_to_stderr(tiny_stack: Path, expected: dict[str, object],
             assert stage["output"] in err
 
 
-def test_env_stack_and_overrides(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_env_stack_and_overrides(
+    tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("EDGESTACK_STACK", str(tiny_stack))
     settings.cache_clear()
-    code, out, _ = run(["ask", "hello", "--json", "--max-tokens", "2", "--temperature", "0.8", "--seed", "3"], capsys)
+    code, out, _ = run(
+        ["ask", "hello", "--json", "--max-tokens", "2", "--temperature", "0.8", "--seed", "3"],
+        capsys,
+    )
     assert code == 0
     assert all(s["completion_tokens"] <= 2 for s in json.loads(out)["stages"])
 
 
-def test_run_log_and_logs_command(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_log_and_logs_command(
+    tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["ask", "first {q}", "--stack", str(tiny_stack)], capsys)[0] == 0
     assert run(["ask", "not logged", "--stack", str(tiny_stack), "--no-log"], capsys)[0] == 0
     monkeypatch.setenv("EDGESTACK_NO_LOG", "1")
@@ -103,7 +120,9 @@ def test_logs_empty(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(run(["logs", "--json"], capsys)[1]) == []
 
 
-def test_chat_reads_stdin_until_empty_line(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chat_reads_stdin_until_empty_line(
+    tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with Stack.load(tiny_stack, threads=1) as stack:
         want = [stack.ask(q).text for q in ("one", "two {x}")]
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo {x}\n\nthree\n"))
@@ -111,7 +130,9 @@ def test_chat_reads_stdin_until_empty_line(tiny_stack: Path, monkeypatch: pytest
     assert code == 0 and out == "".join(f"{w}\n" for w in want) and err == ""
 
 
-def test_chat_json_lines_until_eof(tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chat_json_lines_until_eof(
+    tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo"))
     code, out, _ = run(["chat", "--stack", str(tiny_stack), "--json", "--no-log"], capsys)
     lines = [json.loads(line) for line in out.splitlines()]
@@ -122,59 +143,106 @@ def test_chat_json_lines_until_eof(tiny_stack: Path, monkeypatch: pytest.MonkeyP
     ("argv", "message"),
     [
         (["ask", "q", "--stack", "/nonexistent/stack.toml"], "does not exist"),
-        (["ask", "q"], "bundled default stack"),
         (["chat", "--stack", "/nonexistent"], "does not exist"),
     ],
 )
-def test_missing_stack_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_stack_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(argv, capsys)
     assert code == 1 and out == ""
     assert err.startswith("edgestack: error:") and message in err and err.count("\n") == 1
 
 
-def test_bad_manifest_and_bad_file_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "stack.toml").write_text('version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{later}"\n')
+def test_no_stack_given_uses_the_bundled_one_or_says_how(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_stack import _paths
+
+    monkeypatch.setattr(_paths, "bundled_stack", lambda: None)
+    code, out, err = run(["ask", "q"], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert "bundled default stack" in err and "--stack" in err and "EDGESTACK_STACK" in err
+
+
+def test_bad_manifest_and_bad_file_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "stack.toml").write_text(
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{later}"\n'
+    )
     (tmp_path / "m.gguf").write_bytes(os.urandom(1000))
     code, _, err = run(["ask", "q", "--stack", str(tmp_path)], capsys)
     assert code == 1 and "stack.toml" in err and "key 'prompt'" in err and err.count("\n") == 1
-    (tmp_path / "stack.toml").write_text('version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{question}"\n')
+    (tmp_path / "stack.toml").write_text(
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "m.gguf"\nprompt = "{question}"\n'
+    )
     code, _, err = run(["ask", "q", "--stack", str(tmp_path)], capsys)
     assert code == 1 and "stage s" in err and "m.gguf" in err and err.count("\n") == 1
     assert "Traceback" not in err
 
 
-def test_empty_question_is_a_usage_error(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_question_is_a_usage_error(
+    tiny_stack: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(["ask", "  ", "--stack", str(tiny_stack)], capsys)
     assert code == 2 and "empty" in err
 
 
 def test_ctrl_c_exits_130_without_traceback(tiny_stack: Path, tmp_path: Path) -> None:
+    # Four long identical stages (about a second each for the tiny model); Ctrl-C arrives
+    # while the second one generates.
+    stages = "".join(
+        f'[[stages]]\nname = "s{i}"\nprompt = "Story: {{question}}"\n' for i in range(1, 5)
+    )
     long = write_stack(
         tmp_path / "long",
-        """
-        version = 1
-        [[stages]]
-        name = "ramble"
-        model = "base.gguf"
-        prompt = "Story: {question}"
-        n_ctx = 4096
-        max_tokens = 4000
-        """,
+        'version = 1\n[defaults]\nmodel = "base.gguf"\nn_ctx = 2048\nmax_tokens = 1500\n' + stages,
         {"base.gguf": tiny_stack.parent / "base.gguf"},
     )
     with Stack.load(long, threads=1) as stack:
-        if stack.ask("once upon a time").stages[0].completion_tokens < 4000:
-            pytest.skip("the random model ends early on this prompt")
+        events = stack.stream("once upon a time")
+        finished = []
+        for event in events:
+            if isinstance(event, StageFinished):
+                finished.append(event.trace)
+                if len(finished) == 1:
+                    break
+        events.close()
+    if finished[0].completion_tokens < 1500:
+        pytest.skip("the random model ends early on this prompt")
     env = {**os.environ, "EDGESTACK_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_stack", "ask", "once upon a time", "--stack", str(long)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            "-m",
+            "edge_stack",
+            "ask",
+            "once upon a time",
+            "--stack",
+            str(long),
+            "--trace",
+            "--no-log",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        # A shell's background jobs start with SIGINT ignored, and Python keeps it so.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    assert proc.stdout is not None
-    proc.stdout.read(1)  # the answer has started streaming
+    assert proc.stderr is not None
+    seen = b""
+    while b"--- s2 prompt" not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
     sent = time.perf_counter()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert time.perf_counter() - sent < 2.0
-    assert b"Traceback" not in err and b"interrupted" in err
+    rest = proc.stderr.read()
+    proc.wait(timeout=30)
+    elapsed = time.perf_counter() - sent
+    assert proc.returncode == 130, rest
+    assert b"Traceback" not in rest and rest.rstrip().endswith(b"edgestack: interrupted")
+    assert b"--- s3 prompt" not in rest
+    # Well before the remaining three stages could have run (generous: the CPUs are shared).
+    assert elapsed < max(2.0, 1.5 * finished[0].seconds)

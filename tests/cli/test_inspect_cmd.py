@@ -45,7 +45,11 @@ def test_inspect_gguf(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "blk.0.attn_qkv.weight" in out
     code, out, _ = run(["inspect", str(tiny_stack.parent / "base.gguf"), "--json"], capsys)
     info = json.loads(out)
-    assert info["arch"] == "gptneox" and info["kind"] == "model" and info["n_tensors"] == len(info["tensors"])
+    assert (
+        info["arch"] == "gptneox"
+        and info["kind"] == "model"
+        and info["n_tensors"] == len(info["tensors"])
+    )
     code, out, _ = run(["inspect", str(tiny_stack.parent / "extract.lora.gguf"), "--json"], capsys)
     assert json.loads(out)["kind"] == "adapter"
 

@@ -5,8 +5,9 @@ with random (non-zero) A and B, so each adapted module moves the logits by 1..8 
 
 Tolerance: llama.cpp keeps its KV cache in f16, so an f32 GGUF of the base alone already differs
 from transformers by up to 0.004 (GPT-NeoX) .. 0.011 (Llama) on these models; with an adapter
-(merged or attached) we measured at most 0.016. We allow max |dlogit| 0.03 and require every top-1
-token to agree; the adapters change the logits by more than 1.0, 30x the tolerance.
+(merged or attached) we measured at most 0.016. We allow max |dlogit| 0.03 and require the same
+top-1 token wherever peft's top two are further apart than twice that; the adapters change the
+logits by more than 1.0, 30x the tolerance.
 """
 
 from __future__ import annotations
@@ -20,13 +21,32 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from lora_builders import KINDS, BuiltAdapter, build_adapter, build_adapter_on, lora_config, merged_reference
 
 from edge_stack.convert import convert_checkpoint
 from edge_stack.convert.lora import export_lora
-from edge_stack.errors import AdapterError, BadArgument, ModelFileNotFound, OutputExistsError
+from edge_stack.errors import (
+    AdapterError,
+    BadArgument,
+    EdgeStackError,
+    ModelFileNotFound,
+    OutputExistsError,
+)
 
-pytestmark = [pytest.mark.torch]
+from lora_builders import (
+    KINDS,
+    BuiltAdapter,
+    build_adapter,
+    build_adapter_on,
+    lora_config,
+    merged_reference,
+)
+
+pytestmark = [
+    pytest.mark.torch,
+    # peft and transformers talk about their own settings (saved embedding copies, deprecations).
+    pytest.mark.filterwarnings("ignore::UserWarning:peft.*"),
+    pytest.mark.filterwarnings("ignore::FutureWarning:transformers.*"),
+]
 
 ARCHS = ("gptneox", "llama", "qwen2")
 TOLERANCE = 0.03
@@ -38,7 +58,9 @@ Adapters = Callable[[str, str], BuiltAdapter]
 
 
 @pytest.fixture(scope="session")
-def adapter(tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Adapters:
+def adapter(
+    tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Adapters:
     """``adapter(arch, kind)``: a random peft adapter over the ``arch`` tiny base, built once."""
     cache: dict[tuple[str, str], BuiltAdapter] = {}
 
@@ -55,14 +77,23 @@ def _llama_logits(model: Path, lora: Path | None = None, scale: float = 1.0) -> 
     from edge_stack._llama import LlamaModel
     from edge_stack._llama_context import LlamaContext
 
-    with LlamaModel.load(model) as m, LlamaContext(m, n_ctx=64, n_threads=1, lora=lora, lora_scale=scale) as ctx:
+    with (
+        LlamaModel.load(model) as m,
+        LlamaContext(m, n_ctx=64, n_threads=1, lora=lora, lora_scale=scale) as ctx,
+    ):
         return ctx.eval_logits(IDS)
 
 
-def _assert_close(got: np.ndarray, ref: np.ndarray, base: np.ndarray, tol: float = TOLERANCE) -> None:
+def _assert_close(
+    got: np.ndarray, ref: np.ndarray, base: np.ndarray, tol: float = TOLERANCE
+) -> None:
     assert np.abs(ref - base).max() > MIN_EFFECT, "the adapter hardly changes the model"
     assert np.abs(got - ref).max() < tol
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    # Same top-1 token wherever the reference's choice is not a near-tie the tolerance could flip.
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tol
+    assert clear.mean() > 0.5
+    assert (got.argmax(-1) == ref.argmax(-1))[clear].all()
 
 
 def _files(folder: Path) -> list[str]:
@@ -79,7 +110,9 @@ def test_merged_gguf_matches_peft_merge(
     arch: str, kind: str, adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     built = adapter(arch, kind)
-    out = convert_checkpoint(tiny_model(arch), tmp_path / "merged.gguf", outtype="f32", merge_lora=[built.path])
+    out = convert_checkpoint(
+        tiny_model(arch), tmp_path / "merged.gguf", outtype="f32", merge_lora=[built.path]
+    )
     _assert_close(_llama_logits(out), built.merged_logits, built.base_logits)
 
 
@@ -90,7 +123,12 @@ def test_merged_gguf_matches_peft_merge(
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exported_adapter_matches_peft(
-    arch: str, kind: str, adapter: Adapters, tiny_model: Callable[[str], Path], tiny_gguf: Callable[..., Path], tmp_path: Path
+    arch: str,
+    kind: str,
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tiny_gguf: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     built = adapter(arch, kind)
     lora = export_lora(built.path, tiny_model(arch), tmp_path / "a.lora.gguf")
@@ -98,11 +136,17 @@ def test_exported_adapter_matches_peft(
 
 
 @pytest.mark.llama
-@pytest.mark.parametrize(("outtype", "tol"), [("f16", 0.05), ("q8_0", 0.15)])
+# q8_0 rounds A (B rows of r < 32 values stay f16): measured max |dlogit| 0.045..0.067.
+@pytest.mark.parametrize(("outtype", "tol"), [("f16", TOLERANCE), ("q8_0", 0.15)])
 @pytest.mark.parametrize("arch", ["gptneox", "llama"])
 def test_exported_adapter_outtypes(
-    arch: str, outtype: str, tol: float, adapter: Adapters, tiny_model: Callable[[str], Path],
-    tiny_gguf: Callable[..., Path], tmp_path: Path,
+    arch: str,
+    outtype: str,
+    tol: float,
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tiny_gguf: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     built = adapter(arch, "patterns")
     lora = export_lora(built.path, tiny_model(arch), tmp_path / "a.gguf", outtype=outtype)
@@ -110,10 +154,17 @@ def test_exported_adapter_outtypes(
     types = {t.tensor_type for t in reader.tensors}
     want = gguf.GGMLQuantizationType[outtype.upper()]
     assert want in types
-    _assert_close(_llama_logits(tiny_gguf(arch), lora), built.peft_logits, built.base_logits, tol)
+    got = _llama_logits(tiny_gguf(arch), lora)
+    if outtype == "f16":
+        _assert_close(got, built.peft_logits, built.base_logits)
+    else:
+        assert np.abs(got - built.peft_logits).max() < tol
+        assert (got.argmax(-1) == built.peft_logits.argmax(-1)).mean() >= 0.9
 
 
-def test_adapter_metadata(adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path) -> None:
+def test_adapter_metadata(
+    adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path
+) -> None:
     built = adapter("llama", "patterns")
     lora = export_lora(built.path, tiny_model("llama"), tmp_path / "a.gguf")
     reader = gguf.GGUFReader(lora)
@@ -133,7 +184,9 @@ def test_adapter_metadata(adapter: Adapters, tiny_model: Callable[[str], Path], 
 def test_several_adapters_merge_and_add_up(
     adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    a, b = adapter("gptneox", "plain"), adapter("gptneox", "rslora")
+    # The second adapter targets no embedding layer: peft would load its saved lm_head copy over
+    # the first adapter's merged lm_head (peft's own behaviour, not a LoRA sum).
+    a, b = adapter("gptneox", "rslora"), adapter("gptneox", "regex")
     base = tiny_model("gptneox")
     ref = merged_reference(base, [a.path, b.path], IDS)
     out = convert_checkpoint(base, tmp_path / "m.gguf", outtype="f32", merge_lora=[a.path, b.path])
@@ -142,7 +195,10 @@ def test_several_adapters_merge_and_add_up(
 
 @pytest.mark.llama
 def test_lora_scale_matches_peft_scale(
-    adapter: Adapters, tiny_model: Callable[[str], Path], tiny_gguf: Callable[..., Path], tmp_path: Path
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tiny_gguf: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     import torch
     from peft import PeftModel
@@ -150,13 +206,17 @@ def test_lora_scale_matches_peft_scale(
     from transformers import AutoModelForCausalLM
 
     built, base = adapter("qwen2", "patterns"), tiny_model("qwen2")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), built.path)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), built.path
+    )
     for module in model.modules():
         if isinstance(module, LoraLayer):
             module.scale_layer(0.5)
     with torch.no_grad():
         ref = model.eval()(torch.tensor([IDS])).logits[0].numpy()
-    merged = convert_checkpoint(base, tmp_path / "m.gguf", outtype="f32", merge_lora=[built.path], lora_scale=0.5)
+    merged = convert_checkpoint(
+        base, tmp_path / "m.gguf", outtype="f32", merge_lora=[built.path], lora_scale=0.5
+    )
     _assert_close(_llama_logits(merged), ref, built.peft_logits)
     lora = export_lora(built.path, base, tmp_path / "a.gguf")
     _assert_close(_llama_logits(tiny_gguf("qwen2"), lora, scale=0.5), ref, built.peft_logits)
@@ -196,24 +256,49 @@ def narrow_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A GPT-NeoX adapter trained on a base with hidden size 32 (ours have 64)."""
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-    cfg = GPTNeoXConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    cfg = GPTNeoXConfig(
+        vocab_size=320,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
-    return build_adapter_on(model, tmp_path_factory.mktemp("narrow"), lora_config("gptneox", "plain"))
+    return build_adapter_on(
+        model, tmp_path_factory.mktemp("narrow"), lora_config("gptneox", "plain")
+    )
 
 
 MISMATCHES = {
     # other architecture: module names the base does not have
-    "llama-on-gptneox": ("gptneox", "llama", r"changes model\.layers\.\d+\.\S+ \(lora_B @ lora_A is \[\d+, 64\]\), which base .* \(gptneox\) does not have"),
-    "gptneox-on-qwen2": ("qwen2", "gptneox", r"changes gpt_neox\.layers\.\d+\.\S+ .* \(qwen2\) does not have"),
+    "llama-on-gptneox": (
+        "gptneox",
+        "llama",
+        r"changes (lm_head|model\.layers\.\d+\.\S+) \(lora_B @ lora_A is \[\d+, \d+\]\), which base .* \(gptneox\) does not have",
+    ),
+    "gptneox-on-qwen2": (
+        "qwen2",
+        "gptneox",
+        r"changes (embed_out|gpt_neox\.layers\.\d+\.\S+) .* \(qwen2\) does not have",
+    ),
     # same architecture, other hidden size: both shapes named
-    "narrow-on-gptneox": ("gptneox", "narrow", r"module \S+ has lora_B @ lora_A \[\d+, 32\] but the base weight \S+ is \[\d+, 64\]"),
+    "narrow-on-gptneox": (
+        "gptneox",
+        "narrow",
+        r"module \S+ has lora_B @ lora_A \[\d+, 32\] but the base weight \S+ is \[\d+, 64\]",
+    ),
 }
 
 
 @pytest.mark.parametrize("route", ["merge", "export"])
 @pytest.mark.parametrize("case", list(MISMATCHES))
 def test_mismatched_adapter_is_refused_before_writing(
-    route: str, case: str, adapter: Adapters, narrow_adapter: Path, tiny_model: Callable[[str], Path], tmp_path: Path
+    route: str,
+    case: str,
+    adapter: Adapters,
+    narrow_adapter: Path,
+    tiny_model: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     base, which, pattern = MISMATCHES[case]
     path = narrow_adapter if which == "narrow" else adapter(which, "plain").path
@@ -259,12 +344,24 @@ def _change_saved_copy(tensors: dict[str, np.ndarray]) -> None:
 
 
 BAD = {
-    "no-config": (lambda d: (d / "adapter_config.json").unlink(), ModelFileNotFound, "adapter_config.json"),
-    "no-weights": (lambda d: (d / "adapter_model.safetensors").unlink(), ModelFileNotFound, "adapter_model.safetensors"),
+    "no-config": (
+        lambda d: (d / "adapter_config.json").unlink(),
+        ModelFileNotFound,
+        "adapter_config.json",
+    ),
+    "no-weights": (
+        lambda d: (d / "adapter_model.safetensors").unlink(),
+        ModelFileNotFound,
+        "adapter_model.safetensors",
+    ),
     "bias": (lambda d: _edit_config(d, bias="lora_only"), AdapterError, "bias 'lora_only'"),
     "dora": (lambda d: _edit_config(d, use_dora=True), AdapterError, "DoRA"),
     "peft-type": (lambda d: _edit_config(d, peft_type="IA3"), AdapterError, "peft_type 'IA3'"),
-    "modules-to-save": (lambda d: _edit_config(d, modules_to_save=["lm_head"]), AdapterError, "modules_to_save"),
+    "modules-to-save": (
+        lambda d: _edit_config(d, modules_to_save=["lm_head"]),
+        AdapterError,
+        "modules_to_save",
+    ),
     "rank-mismatch": (lambda d: _edit_config(d, r=5), AdapterError, "r=5"),
     "embedding": (
         lambda d: _rewrite_tensors(d, lambda t: _rename_first_a(t, ".lora_embedding_A.")),
@@ -281,7 +378,11 @@ BAD = {
         AdapterError,
         "no lora_B",
     ),
-    "changed-lm-head-copy": (lambda d: _rewrite_tensors(d, _change_saved_copy), AdapterError, "changed copy"),
+    "changed-lm-head-copy": (
+        lambda d: _rewrite_tensors(d, _change_saved_copy),
+        AdapterError,
+        "changed copy",
+    ),
 }
 
 
@@ -298,7 +399,9 @@ def test_bad_adapter_is_one_clear_error(
     outdir.mkdir()
     with pytest.raises(error) as info:
         if route == "merge":
-            convert_checkpoint(tiny_model("llama"), outdir / "m.gguf", outtype="f32", merge_lora=[folder])
+            convert_checkpoint(
+                tiny_model("llama"), outdir / "m.gguf", outtype="f32", merge_lora=[folder]
+            )
         else:
             export_lora(folder, tiny_model("llama"), outdir / "a.gguf")
     assert needle in str(info.value)
@@ -320,9 +423,16 @@ def test_output_is_not_overwritten_without_force(
     assert _files(tmp_path) == ["a.gguf"]
 
 
-def test_unknown_outtype(adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path) -> None:
+def test_unknown_outtype(
+    adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path
+) -> None:
     with pytest.raises(BadArgument, match="f32, f16, q8_0"):
-        export_lora(adapter("gptneox", "plain").path, tiny_model("gptneox"), tmp_path / "a.gguf", outtype="q4_k_m")
+        export_lora(
+            adapter("gptneox", "plain").path,
+            tiny_model("gptneox"),
+            tmp_path / "a.gguf",
+            outtype="q4_k_m",
+        )
 
 
 def test_fan_in_fan_out_is_ignored_for_linear_layers(
@@ -344,15 +454,23 @@ def test_fan_in_fan_out_is_ignored_for_linear_layers(
 
 
 def test_cli_export_lora(
-    adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from edge_stack.cli import main
 
     out = tmp_path / "a.gguf"
-    args = ["export-lora", str(adapter("gptneox", "plain").path), "--base", str(tiny_model("gptneox")), "-o", str(out)]
-    with pytest.raises(SystemExit) as info:
-        main([*args, "--outtype", "f16", "--json"])
-    assert info.value.code in (0, None)
+    args = [
+        "export-lora",
+        str(adapter("gptneox", "plain").path),
+        "--base",
+        str(tiny_model("gptneox")),
+        "-o",
+        str(out),
+    ]
+    main([*args, "--outtype", "f16", "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert printed == {"output": str(out), "outtype": "f16", "bytes": out.stat().st_size}
 
@@ -364,15 +482,134 @@ def test_cli_export_lora(
 
 
 def test_cli_mismatch_is_one_line(
-    adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from edge_stack.cli import main
 
     out = tmp_path / "a.gguf"
-    args = ["export-lora", str(adapter("llama", "plain").path), "--base", str(tiny_model("gptneox")), "-o", str(out)]
+    args = [
+        "export-lora",
+        str(adapter("llama", "plain").path),
+        "--base",
+        str(tiny_model("gptneox")),
+        "-o",
+        str(out),
+    ]
     with pytest.raises(SystemExit) as info:
         main(args)
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not have" in err
     assert not out.exists()
+
+
+# --- Hub ids ---------------------------------------------------------------------------------------
+
+
+def _cache_repo(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
+    """Store ``folder``'s files as huggingface_hub's cache does (blobs, snapshot links, refs)."""
+    import hashlib
+    import os
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_ids_from_the_offline_cache(
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "me/tiny-neox", tiny_model("gptneox"), "1" * 40)
+    _cache_repo(cache, "me/tiny-neox-lora", adapter("gptneox", "plain").path, "2" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    via_hub = export_lora("me/tiny-neox-lora", "me/tiny-neox", out / "hub.gguf")
+    local = export_lora(adapter("gptneox", "plain").path, tiny_model("gptneox"), out / "local.gguf")
+    hub_tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(via_hub).tensors}
+    local_tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(local).tensors}
+    assert hub_tensors.keys() == local_tensors.keys()
+    assert all(np.array_equal(hub_tensors[k], local_tensors[k]) for k in hub_tensors)
+    kv = {f.name: f.contents() for f in gguf.GGUFReader(via_hub).fields.values()}
+    assert kv[gguf.Keys.General.NAME] == "tiny-neox-lora"
+
+    merged = convert_checkpoint(
+        "me/tiny-neox", out / "m.gguf", outtype="f32", merge_lora=["me/tiny-neox-lora"]
+    )
+    assert merged.stat().st_size > 0
+    with pytest.raises(EdgeStackError, match="me/not-cached"):
+        export_lora("me/not-cached", "me/tiny-neox", out / "x.gguf")
+    assert sorted(p.name for p in out.iterdir()) == ["hub.gguf", "local.gguf", "m.gguf"]
+
+
+def test_lora_on_a_tied_output_layer_is_refused(
+    tiny_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_model("llama-tied-mha")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    folder = build_adapter_on(model, tmp_path / "adapter", lora_config("llama", "plain"))
+    with pytest.raises(AdapterError, match="ties its output layer"):
+        export_lora(folder, base, tmp_path / "a.gguf")
+    assert not (tmp_path / "a.gguf").exists()
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("kind", ["rslora", "patterns"])
+def test_without_folding_the_scale_llama_cpp_would_be_wrong(
+    kind: str,
+    adapter: Adapters,
+    tiny_model: Callable[[str], Path],
+    tiny_gguf: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a converter that writes B as it is with the config's lora_alpha produces: llama.cpp
+    # then scales every module by lora_alpha / r, which is wrong for rsLoRA and for patterns.
+    from edge_stack.convert import lora
+
+    monkeypatch.setattr(lora, "_fold", lambda module, alpha: 1.0)
+    built = adapter("llama", kind)
+    path = export_lora(built.path, tiny_model("llama"), tmp_path / "naive.gguf")
+    got = _llama_logits(tiny_gguf("llama"), path)
+    assert np.abs(got - built.peft_logits).max() > 10 * TOLERANCE
+
+
+def test_saved_copy_at_lower_precision_is_accepted(
+    adapter: Adapters, tiny_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    # Trained with the base loaded in bf16: peft's saved lm_head copy is the base rounded to bf16.
+    def to_bf16(tensors: dict[str, np.ndarray]) -> None:
+        key = next(k for k in tensors if k.endswith("base_layer.weight"))
+        bits = tensors[key].astype(np.float32).view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+        assert not np.array_equal(rounded, tensors[key])
+        tensors[key] = rounded
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter("llama", "plain").path, folder)
+    _rewrite_tensors(folder, to_bf16)
+    assert export_lora(folder, tiny_model("llama"), tmp_path / "a.gguf").is_file()

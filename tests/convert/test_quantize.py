@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gguf
@@ -21,6 +21,17 @@ from edge_stack.errors import (
     OutputExistsError,
     QuantizeError,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models are fastest on one thread, and the suite shares two CPUs."""
+    from edge_stack._env import settings
+
+    monkeypatch.setenv("EDGESTACK_THREADS", "1")
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
 
 
 def _file_type(path: Path) -> int:
@@ -49,7 +60,18 @@ def test_quant_types_cover_llama_cpp() -> None:
         if n.startswith("LLAMA_FTYPE_") and n != "LLAMA_FTYPE_GUESSED"
     }
     assert offered <= set(quant_type_names())
-    for common in ("q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q4_0", "q3_k_m", "q2_k", "f16", "bf16"):
+    for common in (
+        "q8_0",
+        "q4_k_m",
+        "q4_k_s",
+        "q5_k_m",
+        "q6_k",
+        "q4_0",
+        "q3_k_m",
+        "q2_k",
+        "f16",
+        "bf16",
+    ):
         assert common in QUANT_TYPES
 
 
@@ -69,14 +91,16 @@ def test_quantize_gives_loadable_file_that_verifies(
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
     with LlamaModel.load(out) as model, LlamaContext(model, n_ctx=32, n_threads=1) as ctx:
         assert ctx.eval_logits([1, 2, 3]).shape == (3, model.n_vocab)
-    report = verify(out, src)
+    report = verify(out, src, threads=1)
     assert report.passed, report.summary()
     assert report.file_type == qtype
 
 
 @pytest.mark.llama
 @pytest.mark.torch
-def test_quantize_bad_inputs_leave_no_output(tiny_gguf: Callable[..., Path], tmp_path: Path) -> None:
+def test_quantize_bad_inputs_leave_no_output(
+    tiny_gguf: Callable[..., Path], tmp_path: Path
+) -> None:
     src = tiny_gguf("gptneox", "f32")
     out = tmp_path / "out.gguf"
     with pytest.raises(ModelFileNotFound, match="does not exist"):
@@ -105,7 +129,9 @@ def test_quantize_bad_inputs_leave_no_output(tiny_gguf: Callable[..., Path], tmp
 
 @pytest.mark.llama
 @pytest.mark.torch
-def test_llama_cpp_failure_is_a_quantize_error(tiny_gguf: Callable[..., Path], tmp_path: Path) -> None:
+def test_llama_cpp_failure_is_a_quantize_error(
+    tiny_gguf: Callable[..., Path], tmp_path: Path
+) -> None:
     # q1_0 needs rows of 128 values and has no fallback type: these tiny rows have 64.
     out = tmp_path / "q1.gguf"
     with pytest.raises(QuantizeError, match="q1_0"):
@@ -120,7 +146,9 @@ def test_cli_quantize(
 ) -> None:
     src = tiny_gguf("gptneox", "f32")
     out = tmp_path / "m.q4_k_m.gguf"
-    code, stdout, err = _cli(["quantize", str(src), "-o", str(out), "--type", "Q4_K_M", "--threads", "1"], capsys)
+    code, stdout, err = _cli(
+        ["quantize", str(src), "-o", str(out), "--type", "Q4_K_M", "--threads", "1"], capsys
+    )
     assert code == 0 and err == ""
     assert stdout.startswith(str(out)) and "q4_k_m" in stdout
     assert _file_type(out) == QUANT_TYPES["q4_k_m"]
@@ -140,7 +168,18 @@ def test_cli_quantize_end_to_end_subprocess(tiny_gguf: Callable[..., Path], tmp_
     out = tmp_path / "m.q8_0.gguf"
     env = {**os.environ, "EDGESTACK_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "edge_stack", "quantize", str(src), "-o", str(out), "-t", "q8_0", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "edge_stack",
+            "quantize",
+            str(src),
+            "-o",
+            str(out),
+            "-t",
+            "q8_0",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -153,7 +192,17 @@ def test_cli_quantize_end_to_end_subprocess(tiny_gguf: Callable[..., Path], tmp_
     record = json.loads(run.stdout)
     assert record["output"] == str(out) and record["bytes"] == out.stat().st_size
     bad = subprocess.run(
-        [sys.executable, "-m", "edge_stack", "quantize", str(tmp_path / "none.gguf"), "-o", str(tmp_path / "o.gguf"), "-t", "q8_0"],
+        [
+            sys.executable,
+            "-m",
+            "edge_stack",
+            "quantize",
+            str(tmp_path / "none.gguf"),
+            "-o",
+            str(tmp_path / "o.gguf"),
+            "-t",
+            "q8_0",
+        ],
         capture_output=True,
         text=True,
         env=env,

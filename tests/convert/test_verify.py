@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,16 @@ from edge_stack.convert.verify import (
 )
 from edge_stack.errors import BadArgument, ModelFileNotFound
 
-LLAMA = [pytest.mark.llama, pytest.mark.torch]
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models are fastest on one thread, and the suite shares two CPUs."""
+    from edge_stack._env import settings
+
+    monkeypatch.setenv("EDGESTACK_THREADS", "1")
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -36,9 +46,9 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 @pytest.fixture(scope="module")
 def other_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second random GPT-NeoX with the same tokenizer and shapes but other weights."""
-    from model_builders import build_model
-
     from edge_stack.convert import convert_checkpoint
+
+    from model_builders import build_model
 
     root = tmp_path_factory.mktemp("other")
     hf = build_model("gptneox", root / "hf", seed=1)
@@ -68,7 +78,9 @@ def test_default_thresholds_by_type(file_type: str, expected: str) -> None:
 def test_thresholds_get_looser_with_fewer_bits() -> None:
     order = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5", "q4", "low"]
     limits = [DEFAULT_THRESHOLDS[k] for k in order]
-    assert all(a.min_top1 >= b.min_top1 and a.max_kl <= b.max_kl for a, b in zip(limits, limits[1:]))
+    assert all(
+        a.min_top1 >= b.min_top1 and a.max_kl <= b.max_kl for a, b in itertools.pairwise(limits)
+    )
 
 
 def test_compare_logits_metrics() -> None:
@@ -124,11 +136,18 @@ def test_different_model_fails(tiny_gguf: Callable[..., Path], other_gguf: Path)
 @pytest.mark.llama
 @pytest.mark.torch
 def test_bad_references(tiny_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    from edge_stack.convert import convert_checkpoint
+
+    from model_builders import build_model
+
     cand = tiny_gguf("gptneox", "f32")
     with pytest.raises(ModelFileNotFound, match="does not exist"):
         verify(cand, tmp_path / "nowhere.gguf")
+    wider = build_model("gptneox", tmp_path / "wide", pad_vocab_to=256)  # 768 tokens, not 640
     with pytest.raises(BadArgument, match="different vocabularies"):
-        verify(cand, tiny_gguf("llama", "f32"))
+        verify(cand, convert_checkpoint(wider, tmp_path / "wide.gguf", outtype="f16"))
+    with pytest.raises(BadArgument, match="different vocabularies"):
+        verify(cand, wider)
     with pytest.raises(ModelFileNotFound):
         verify(tmp_path / "missing.gguf", cand)
 
@@ -171,13 +190,19 @@ def test_verify_runs_without_torch(tiny_gguf: Callable[..., Path], tmp_path: Pat
     env = {**os.environ, "EDGESTACK_THREADS": "1"}
     ok = subprocess.run(
         [sys.executable, "-c", script, "verify", str(f16), "-r", str(f32)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert "PASS" in ok.stdout and ok.stderr == ""
     no_torch = subprocess.run(
         [sys.executable, "-c", script, "verify", str(f16), "-r", str(tmp_path / "hf")],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert no_torch.returncode == 1
     assert no_torch.stderr.count("\n") == 1 and "needs transformers and torch" in no_torch.stderr

@@ -154,17 +154,17 @@ def test_committed_eval_jsonl_is_the_generators() -> None:
 
 def test_tokenizer_reads_numbers_digit_by_digit() -> None:
     pytest.importorskip("tokenizers")
-    train = _load("train")
+    train_data = _load("train_data")
     stack = stg.load_stages(stg.RECIPE)
     texts = [
         e.prompt + e.completion for p in gen.problems(0, 500) for e in stg.stage_examples(p, stack)
     ]
-    tok = train.train_tokenizer(texts, 400, split_digits=True)
-    assert tok.token_to_id(train.EOS) == 0
+    tok = train_data.train_tokenizer(texts, 400, split_digits=True)
+    assert tok.token_to_id(train_data.EOS) == 0
     vocab = tok.get_vocab()
     assert sorted(vocab.values()) == list(range(len(vocab)))
-    assert not [t for t in vocab if sum(c.isdigit() for c in t) > 1]
+    assert not [t for t in vocab if len(t) > 1 and any(c.isdigit() for c in t)]
     text = "Oscar has 23 tickets and buys 118 more."
     encoding = tok.encode(text)
     assert tok.decode(encoding.ids) == text
-    assert "Ġ2" in encoding.tokens and "3" in encoding.tokens
+    assert encoding.tokens[encoding.tokens.index("Ġhas") + 1 :][:3] == ["Ġ", "2", "3"]

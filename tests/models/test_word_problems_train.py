@@ -29,7 +29,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = _load("train")
     out = tmp_path_factory.mktemp("word-problems")
     settings = replace(
-        train.Settings.quick(), threads=1, base_steps=8, adapter_steps=4, batch=8, warmup=2
+        train.Settings.quick(),
+        threads=1,
+        problems=300,
+        base_steps=8,
+        adapter_steps="extract=4,compute=4,answer=4",
+        batch_tokens=256,
+        warmup=2,
     )
     train.run(settings, out)
     return out

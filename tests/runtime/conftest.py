@@ -14,7 +14,9 @@ MakeStack = Callable[..., Path]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     home = tmp_path_factory.mktemp("edgestack-home")
     monkeypatch.setenv("EDGESTACK_HOME", str(home))
     for var in ("EDGESTACK_STACK", "EDGESTACK_NO_LOG", "EDGESTACK_DEBUG", "EDGESTACK_THREADS"):

@@ -6,11 +6,11 @@ import codecs
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from stack_builders import random_lora, three_stage_stack, tiny_gguf, write_stack
 
 from edge_stack import Stack, Token
 from edge_stack._engine import Engine
@@ -24,6 +24,8 @@ from edge_stack.errors import (
     EngineError,
 )
 from edge_stack.manifest import load_manifest
+
+from stack_builders import random_lora, three_stage_stack, write_stack
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
@@ -40,8 +42,15 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def stack_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return three_stage_stack(tmp_path_factory)
+def base_gguf(tiny_gguf: Callable[..., Path]) -> Path:
+    return tiny_gguf("gptneox", "q8_0")
+
+
+@pytest.fixture(scope="module")
+def stack_path(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], Path], base_gguf: Path
+) -> Path:
+    return three_stage_stack(tmp_path_factory, tiny_model("gptneox"), base_gguf)
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +59,26 @@ def stack(stack_path: Path) -> Stack:
         yield loaded  # type: ignore[misc]
 
 
-def _direct_llama_cpp(model: Path, lora: Path | None, prompt: str, max_tokens: int) -> tuple[str, int]:
+def _direct_llama_cpp(
+    model: Path, lora: Path | None, prompt: str, max_tokens: int
+) -> tuple[str, int]:
     """The stage run straight through llama-cpp-python's own Llama class (greedy)."""
     from llama_cpp import Llama
 
     kwargs = {"lora_path": str(lora)} if lora else {}
-    llm = Llama(str(model), n_ctx=256, n_threads=1, verbose=False, flash_attn=True, **kwargs)
+    # The same context settings as the engine's: flash attention, 32-token micro-batches.
+    llm = Llama(
+        str(model), n_ctx=256, n_threads=1, n_ubatch=32, flash_attn=True, verbose=False, **kwargs
+    )
     try:
         tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
         out: list[int] = []
         for tok in llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
-            if llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog") else tok == llm.token_eos():
+            if (
+                llm._model.token_is_eog(tok)
+                if hasattr(llm._model, "token_is_eog")
+                else tok == llm.token_eos()
+            ):
                 break
             out.append(tok)
             if len(out) >= max_tokens:
@@ -160,6 +178,16 @@ def test_answers_reach_the_end_of_every_stage(stack: Stack) -> None:
     assert answer.stages[0].prompt.endswith("{extract}\nEquation:")
 
 
+def test_answers_do_not_depend_on_earlier_questions(stack: Stack, stack_path: Path) -> None:
+    in_sequence = [stack.ask(q).to_dict()["stages"] for q in QUESTIONS]
+    for question, seen in zip(QUESTIONS, in_sequence, strict=True):
+        with Stack.load(stack_path, threads=1) as fresh:
+            alone = fresh.ask(question).to_dict()["stages"]
+        assert [(x["prompt"], x["output"]) for x in alone] == [
+            (x["prompt"], x["output"]) for x in seen
+        ]
+
+
 def test_eight_threads_equal_one_by_one(stack: Stack) -> None:
     serial = [stack.ask(q).to_dict()["stages"] for q in QUESTIONS]
     with ThreadPoolExecutor(8) as pool:
@@ -170,13 +198,32 @@ def test_eight_threads_equal_one_by_one(stack: Stack) -> None:
         ]
 
 
-def test_fixed_prompt_start_stays_cached(stack: Stack) -> None:
-    stack.ask("first question")
-    stack.ask("second question")
-    engine = stack._backend
-    assert isinstance(engine, Engine)
-    stats = engine.runner("extract").context.last_stats
-    assert stats.cached_tokens >= 2  # "Question:" was not evaluated again
+def test_fixed_prompt_start_stays_cached(stack_path: Path, tmp_path: Path) -> None:
+    instructions = "Read the question and write the arithmetic expression it describes. " * 6
+    path = write_stack(
+        tmp_path / "prefix",
+        f"""
+        version = 1
+        [[stages]]
+        name = "extract"
+        model = "base.gguf"
+        prompt = "{instructions}\\nQuestion: {{question}}\\nExpression:"
+        max_tokens = 4
+        """,
+        {"base.gguf": stack_path.parent / "base.gguf"},
+    )
+    with Stack.load(path, threads=1) as loaded:
+        first = loaded.ask("Tom has 3 apples")
+        engine = loaded._backend
+        assert isinstance(engine, Engine)
+        stats = engine.runner("extract").context.last_stats
+        assert stats.cached_tokens == 0
+        again = loaded.ask("Sam has 4 pens")
+        stats = engine.runner("extract").context.last_stats
+        # The instructions (whole 32-token micro-batches of them) were not evaluated again.
+        assert stats.cached_tokens >= 32 and stats.cached_tokens < again.stages[0].prompt_tokens
+        # ... and reusing them changes nothing: the first question still gets the same answer.
+        assert loaded.ask("Tom has 3 apples").stages[0].output == first.stages[0].output
 
 
 def test_cancel_stops_within_a_few_tokens(stack: Stack) -> None:
@@ -268,25 +315,25 @@ def _bad_stack(tmp_path: Path, data: bytes, extra: str = "") -> Path:
         pytest.param(lambda base: b"", id="empty"),
     ],
 )
-def test_bad_model_file_is_refused(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, make) -> None:  # type: ignore[no-untyped-def]
-    path = _bad_stack(tmp_path, make(tiny_gguf(tmp_path_factory)))
+def test_bad_model_file_is_refused(tmp_path: Path, base_gguf: Path, make) -> None:  # type: ignore[no-untyped-def]
+    path = _bad_stack(tmp_path, make(base_gguf))
     with pytest.raises(EdgeStackError) as info:
         Stack.load(path)
     message = str(info.value)
     assert "stage only" in message and "model.gguf" in message and "\n" not in message
 
 
-def test_sha256_mismatch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    base = tiny_gguf(tmp_path_factory)
+def test_sha256_mismatch(tmp_path: Path, base_gguf: Path) -> None:
+    base = base_gguf
     path = _bad_stack(tmp_path, base.read_bytes(), 'sha256 = "' + "0" * 64 + '"\n')
     with pytest.raises(ChecksumMismatch, match=r"stage only, key 'sha256'.*pins 0000"):
         Stack.load(path)
 
 
-def test_sha256_match_and_change(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_sha256_match_and_change(tmp_path: Path, base_gguf: Path) -> None:
     import hashlib
 
-    base = tiny_gguf(tmp_path_factory)
+    base = base_gguf
     digest = hashlib.sha256(base.read_bytes()).hexdigest()
     path = _bad_stack(tmp_path, base.read_bytes(), f'sha256 = "{digest.upper()}"\n')
     Stack.load(path).close()
@@ -298,8 +345,8 @@ def test_sha256_match_and_change(tmp_path: Path, tmp_path_factory: pytest.TempPa
         Stack.load(path)
 
 
-def test_lora_sha256_mismatch(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    base = tiny_gguf(tmp_path_factory)
+def test_lora_sha256_mismatch(tmp_path: Path, base_gguf: Path) -> None:
+    base = base_gguf
     lora = random_lora(base, tmp_path / "a.gguf", seed=3)
     path = write_stack(
         tmp_path / "s",
@@ -310,8 +357,8 @@ def test_lora_sha256_mismatch(tmp_path: Path, tmp_path_factory: pytest.TempPathF
         Stack.load(path)
 
 
-def test_adapter_for_another_base(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    base = tiny_gguf(tmp_path_factory)
+def test_adapter_for_another_base(tmp_path: Path, base_gguf: Path) -> None:
+    base = base_gguf
     # An adapter whose A has the wrong input width for this base.
     import gguf
     import numpy as np
@@ -327,7 +374,8 @@ def test_adapter_for_another_base(tmp_path: Path, tmp_path_factory: pytest.TempP
     writer.write_tensors_to_file()
     writer.close()
     path = write_stack(
-        tmp_path / "s", ONE_STAGE + 'lora = "wrong.gguf"\n',
+        tmp_path / "s",
+        ONE_STAGE + 'lora = "wrong.gguf"\n',
         {"model.gguf": base, "wrong.gguf": tmp_path / "wrong.gguf"},
     )
     with pytest.raises(EdgeStackError) as info:
@@ -335,10 +383,36 @@ def test_adapter_for_another_base(tmp_path: Path, tmp_path_factory: pytest.TempP
     assert "stage only" in str(info.value) and "wrong.gguf" in str(info.value)
 
 
-def test_model_given_as_adapter(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    base = tiny_gguf(tmp_path_factory)
-    path = write_stack(
-        tmp_path / "s", ONE_STAGE + 'lora = "model.gguf"\n', {"model.gguf": base}
-    )
+def test_model_given_as_adapter(tmp_path: Path, base_gguf: Path) -> None:
+    base = base_gguf
+    path = write_stack(tmp_path / "s", ONE_STAGE + 'lora = "model.gguf"\n', {"model.gguf": base})
     with pytest.raises(EdgeStackError, match="stage only"):
         Stack.load(path)
+
+
+def test_grammar_and_stop_on_real_llama(stack_path: Path, tmp_path: Path) -> None:
+    path = write_stack(
+        tmp_path / "g",
+        """
+        version = 1
+        [defaults]
+        model = "base.gguf"
+        max_tokens = 6
+        [[stages]]
+        name = "digits"
+        prompt = "Number: {question}"
+        grammar = 'root ::= [0-9] [0-9] [0-9] [0-9] [0-9] [0-9]'
+        [[stages]]
+        name = "cut"
+        prompt = "Digits: {digits}"
+        grammar = "ab.gbnf"
+        stop = ["b"]
+        """,
+        {"base.gguf": stack_path.parent / "base.gguf"},
+    )
+    (path.parent / "ab.gbnf").write_text('root ::= "aaab" [a-z]*\n')
+    with Stack.load(path, threads=1) as loaded:
+        answer = loaded.ask("seven {x}")
+    digits, cut = answer.stages
+    assert len(digits.output) == 6 and digits.output.isdigit()
+    assert cut.output == "aaa"  # the stop string and what follows are not part of the output

@@ -63,14 +63,18 @@ def test_folder_and_file_both_load(make_stack: MakeStack) -> None:
 
 def test_every_stage_key_allowed_in_defaults(make_stack: MakeStack) -> None:
     path = make_stack(
-        '''
+        """
         version = 1
         [defaults]
         model = "base.gguf"
         lora = "a.gguf"
         lora_scale = 0.5
-        sha256 = "AB''' + "ab" * 31 + '''"
-        lora_sha256 = "''' + "cd" * 32 + '''"
+        sha256 = "AB"""
+        + "ab" * 31
+        + '''"
+        lora_sha256 = "'''
+        + "cd" * 32
+        + """"
         prompt = "Q: {question}"
         stop = ["x"]
         max_tokens = 3
@@ -84,7 +88,7 @@ def test_every_stage_key_allowed_in_defaults(make_stack: MakeStack) -> None:
         n_ctx = 64
         [[stages]]
         name = "only"
-        ''',
+        """,
         ("base.gguf", "a.gguf"),
     )
     (stage,) = load_manifest(path).stages
@@ -104,7 +108,7 @@ def test_grammar_file_is_read(make_stack: MakeStack) -> None:
         grammar = "digits.gbnf"
         """
     )
-    (path.parent / "digits.gbnf").write_text('root ::= [0-9]+\n')
+    (path.parent / "digits.gbnf").write_text("root ::= [0-9]+\n")
     assert load_manifest(path).stages[0].grammar == "root ::= [0-9]+\n"
 
 
@@ -132,8 +136,14 @@ BAD = [
     ("version = 1\n", ["at least one [[stages]]"]),
     ("version = 1\n[defaults]\nname = 'x'\n[[stages]]\n" + STAGE, ["defaults.name"]),
     ("version = 1\n[defaults]\nbogus = 1\n[[stages]]\n" + STAGE, ["[defaults]", "key 'bogus'"]),
-    ("version = 1\n[defaults]\nmax_tokens = -1\n[[stages]]\n" + STAGE, ["defaults.max_tokens", "-1"]),
-    ("version = 1\n[[stages]]\n" + STAGE + "max_tokens = -3\n", ["stage 's'", "key 'max_tokens'", "-3"]),
+    (
+        "version = 1\n[defaults]\nmax_tokens = -1\n[[stages]]\n" + STAGE,
+        ["defaults.max_tokens", "-1"],
+    ),
+    (
+        "version = 1\n[[stages]]\n" + STAGE + "max_tokens = -3\n",
+        ["stage 's'", "key 'max_tokens'", "-3"],
+    ),
     ("version = 1\n[[stages]]\n" + STAGE + "max_tokens = 0\n", ["key 'max_tokens'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "max_tokens = 2.5\n", ["key 'max_tokens'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "temperature = 3.0\n", ["key 'temperature'", "3.0"]),
@@ -146,27 +156,65 @@ BAD = [
     ("version = 1\n[[stages]]\n" + STAGE + "repeat_penalty = 0\n", ["key 'repeat_penalty'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "seed = -1\n", ["key 'seed'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "n_ctx = 4\n", ["key 'n_ctx'"]),
-    ("version = 1\n[[stages]]\n" + STAGE + 'stop = "\\n"\n', ["key 'stop'", "list of non-empty strings"]),
+    (
+        "version = 1\n[[stages]]\n" + STAGE + 'stop = "\\n"\n',
+        ["key 'stop'", "list of non-empty strings"],
+    ),
     ("version = 1\n[[stages]]\n" + STAGE + "stop = [1]\n", ["key 'stop'"]),
     ("version = 1\n[[stages]]\n" + STAGE + 'stop = [""]\n', ["key 'stop'"]),
     ("version = 1\n[[stages]]\n" + STAGE + 'sha256 = "abc"\n', ["key 'sha256'", "64 hexadecimal"]),
-    ("version = 1\n[[stages]]\n" + STAGE + 'lora_sha256 = "' + "0" * 64 + '"\n', ["key 'lora_sha256'", "no 'lora'"]),
-    ("version = 1\n[[stages]]\n" + STAGE + "temprature = 0.1\n", ["stage 's'", "key 'temprature'", "unknown key"]),
-    ('version = 1\n[[stages]]\nmodel = "base.gguf"\nprompt = "{question}"\n', ["stage #1", "key 'name'"]),
-    ('version = 1\n[[stages]]\nname = "Bad-Name"\nmodel = "base.gguf"\nprompt = "{question}"\n', ["key 'name'", "[a-z]"]),
-    ('version = 1\n[[stages]]\nname = "question"\nmodel = "base.gguf"\nprompt = "{question}"\n', ["reserved"]),
+    (
+        "version = 1\n[[stages]]\n" + STAGE + 'lora_sha256 = "' + "0" * 64 + '"\n',
+        ["key 'lora_sha256'", "no 'lora'"],
+    ),
+    (
+        "version = 1\n[[stages]]\n" + STAGE + "temprature = 0.1\n",
+        ["stage 's'", "key 'temprature'", "unknown key"],
+    ),
+    (
+        'version = 1\n[[stages]]\nmodel = "base.gguf"\nprompt = "{question}"\n',
+        ["stage #1", "key 'name'"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "Bad-Name"\nmodel = "base.gguf"\nprompt = "{question}"\n',
+        ["key 'name'", "[a-z]"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "question"\nmodel = "base.gguf"\nprompt = "{question}"\n',
+        ["reserved"],
+    ),
     ("version = 1\n[[stages]]\n" + STAGE + "[[stages]]\n" + STAGE, ["unique"]),
     ('version = 1\n[[stages]]\nname = "s"\nprompt = "{question}"\n', ["stage 's'", "key 'model'"]),
     ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\n', ["stage 's'", "key 'prompt'"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{later}"\n'
-     '[[stages]]\nname = "later"\nmodel = "base.gguf"\nprompt = "{question}"\n',
-     ["stage 's'", "key 'prompt'", "{later} runs later"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{s}"\n', ["{s} runs later"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{nope}"\n', ["{nope} is not a stage"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "a { b"\n', ["key 'prompt'", "'{{'"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "a } b"\n', ["key 'prompt'", "'}}'"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{ question }"\n', ["key 'prompt'"]),
-    ('version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = ""\n', ["key 'prompt'", "empty"]),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{later}"\n'
+        '[[stages]]\nname = "later"\nmodel = "base.gguf"\nprompt = "{question}"\n',
+        ["stage 's'", "key 'prompt'", "{later} runs later"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{s}"\n',
+        ["{s} runs later"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{nope}"\n',
+        ["{nope} is not a stage"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "a { b"\n',
+        ["key 'prompt'", "'{{'"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "a } b"\n',
+        ["key 'prompt'", "'}}'"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{ question }"\n',
+        ["key 'prompt'"],
+    ),
+    (
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = ""\n',
+        ["key 'prompt'", "empty"],
+    ),
     ("version = 1\nstages = 3\n", ["key 'stages'"]),
     ("version = 1\nstages = [1]\n", ["stage #1", "table"]),
 ]
@@ -185,7 +233,11 @@ def test_bad_manifest(make_stack: MakeStack, body: str, expected: list[str]) -> 
 
 @pytest.mark.parametrize(
     ("body", "line"),
-    [("version = 1\nname = \n", "line 2"), ("version = 1\n[[stages]\n", "line 2"), ("version = 1\nx = [\n", "line")],
+    [
+        ("version = 1\nname = \n", "line 2"),
+        ("version = 1\n[[stages]\n", "line 2"),
+        ("version = 1\nx = [\n", "line"),
+    ],
 )
 def test_toml_syntax_error_has_line(make_stack: MakeStack, body: str, line: str) -> None:
     path = make_stack(body)
@@ -196,10 +248,16 @@ def test_toml_syntax_error_has_line(make_stack: MakeStack, body: str, line: str)
 
 @pytest.mark.parametrize(
     ("extra", "key"),
-    [("", "model"), ('lora = "missing.lora.gguf"\n', "lora"), ('grammar = "missing.gbnf"\n', "grammar")],
+    [
+        ("", "model"),
+        ('lora = "missing.lora.gguf"\n', "lora"),
+        ('grammar = "missing.gbnf"\n', "grammar"),
+    ],
 )
 def test_missing_files(make_stack: MakeStack, extra: str, key: str) -> None:
-    path = make_stack("version = 1\n[[stages]]\n" + STAGE + extra, files=() if key == "model" else ("base.gguf",))
+    path = make_stack(
+        "version = 1\n[[stages]]\n" + STAGE + extra, files=() if key == "model" else ("base.gguf",)
+    )
     with pytest.raises(ModelFileNotFound) as info:
         load_manifest(path)
     message = str(info.value)
@@ -214,11 +272,11 @@ def test_missing_files_skipped_for_inspect(make_stack: MakeStack) -> None:
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ModelFileNotFound, match="does not exist"):
         load_manifest(tmp_path / "nope" / "stack.toml")
-    with pytest.raises(ModelFileNotFound, match="stack.toml"):
+    with pytest.raises(ModelFileNotFound, match=r"stack\.toml"):
         load_manifest(tmp_path)
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    (tmp_path / "stack.toml").write_bytes(b"version = 1\nname = \"\xff\"\n")
+    (tmp_path / "stack.toml").write_bytes(b'version = 1\nname = "\xff"\n')
     with pytest.raises(ManifestError, match="UTF-8"):
         load_manifest(tmp_path)

@@ -161,9 +161,7 @@ def test_cancel_stops_within_a_token(spec_path: Path) -> None:
 
 
 def test_cancel_from_another_thread(spec_path: Path) -> None:
-    stack, backend = make(
-        spec_path, reply=lambda s, p, g: "z" * 10000, delay=0.001, n_ctx=8192
-    )
+    stack, backend = make(spec_path, reply=lambda s, p, g: "z" * 10000, delay=0.001, n_ctx=8192)
     cancel = threading.Event()
     timer = threading.Timer(0.05, cancel.set)
     timer.start()
@@ -243,5 +241,10 @@ def test_answer_json_shape(spec_path: Path) -> None:
     data = stack.ask("q").to_dict()
     assert list(data) == ["stack", "question", "answer", "seconds", "stages"]
     assert list(data["stages"][0]) == [
-        "name", "prompt", "output", "prompt_tokens", "completion_tokens", "seconds"
+        "name",
+        "prompt",
+        "output",
+        "prompt_tokens",
+        "completion_tokens",
+        "seconds",
     ]
