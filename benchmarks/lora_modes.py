@@ -106,14 +106,14 @@ def prepare(rank: int, outtype: str, work: Path) -> dict[str, Any]:
         adapter = work / f"adapter{s}"
         if not (adapter / "adapter_config.json").exists():
             write_adapter(adapter, base, rank=rank, seed=100 + s)
-        merged, lora = work / f"stage{s}.merged.{outtype}.gguf", work / f"stage{s}.lora.f16.gguf"
+        merged, lora = work / f"stage{s}.merged.{outtype}.gguf", work / f"stage{s}.lora.f32.gguf"
         if not merged.exists():
             t = time.perf_counter()
             convert_checkpoint(base, merged, outtype=outtype, merge_lora=[adapter])
             timings["merge"].append(time.perf_counter() - t)
         if not lora.exists():
             t = time.perf_counter()
-            export_lora(adapter, base, lora, outtype="f16")
+            export_lora(adapter, base, lora, outtype="f32")
             timings["export"].append(time.perf_counter() - t)
         files["merged"].append(merged)
         files["adapters"].append(lora)
@@ -314,7 +314,7 @@ def _compare(args: argparse.Namespace) -> None:
             f"speed {r['gen_tok_s'] / base['gen_tok_s']:.2f}x the base alone"
         )
     cmd[cmd.index("--mode") + 1] = "speed"
-    cmd[cmd.index("--repeat") + 1] = str(max(5, args.repeat))
+    cmd[cmd.index("--repeat") + 1] = str(max(12, args.repeat))
     speed = json.loads(
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         .stdout.strip()
@@ -322,7 +322,7 @@ def _compare(args: argparse.Namespace) -> None:
     )
     g, p = speed["gen_tok_s_best"], speed["prompt_tok_s_best"]
     print(
-        f"interleaved, best of {max(5, args.repeat)}: generation tok/s base {g['base']}, base+adapter "
+        f"interleaved, best of {max(12, args.repeat)}: generation tok/s base {g['base']}, base+adapter "
         f"{g['export']} ({g['export'] / g['base']:.2f}x), merged {g['merged']} ({g['merged'] / g['base']:.2f}x); "
         f"prompt tok/s base {p['base']}, base+adapter {p['export']} ({p['export'] / p['base']:.2f}x), "
         f"merged {p['merged']}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from .manifest import StackSpec, StageSpec
 
 if TYPE_CHECKING:
     from ._llama import LlamaContext, LlamaModel
+    from ._llama_batch import BatchContext
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,20 @@ logger = logging.getLogger(__name__)
 class LlamaRunner:
     """One stage on llama.cpp: the shared model and this stage's own context."""
 
-    def __init__(self, stage: StageSpec, model: LlamaModel, context: LlamaContext) -> None:
+    def __init__(
+        self,
+        stage: StageSpec,
+        model: LlamaModel,
+        context: LlamaContext,
+        *,
+        threads: int | None = None,
+    ) -> None:
         self.stage = stage
         self.model = model
         self.context = context
+        self._threads = threads
+        #: the context for batched calls, made on first use (its KV cache holds n_seq prompts)
+        self.batch_context: BatchContext | None = None
         # Only the specials the template can contain matter for splitting it.
         literal = "".join(p for p in stage.template.parts if isinstance(p, str))
         self._specials = {s: t for s, t in model.special_tokens().items() if s in literal}
@@ -76,6 +88,59 @@ class LlamaRunner:
         finally:
             stream.close()
 
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: GenerationParams,
+        cancel: threading.Event,
+        *,
+        batch_size: int,
+    ) -> list[Chunk]:
+        """Generate after each prompt, ``batch_size`` sequences per decode step (llama.cpp's
+        batched decoding); one Chunk (whole raw output, token count) per prompt, in order."""
+        from ._llama_batch import BatchContext
+
+        ctx = self.batch_context
+        # A context made for bigger batches serves smaller ones as well, keeping its cache.
+        if ctx is None or ctx.n_seq < batch_size:
+            if ctx is not None:
+                ctx.close()
+            self.batch_context = None
+            ctx = self.batch_context = BatchContext(
+                self.model,
+                n_ctx=self.stage.n_ctx,
+                n_seq=batch_size,
+                n_threads=self._threads,
+                lora=self.stage.lora,
+                lora_scale=self.stage.lora_scale,
+            )
+        chunks: list[Chunk] = []
+        for start in range(0, len(prompts), batch_size):
+            outs = ctx.generate_batch(
+                prompts[start : start + batch_size],
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                repeat_penalty=params.repeat_penalty,
+                seed=params.seed,
+                stop=params.stop,
+                grammar=params.grammar,
+                cancel=cancel,
+            )
+            chunks.extend(Chunk(o.text, o.stats.completion_tokens) for o in outs)
+            if cancel.is_set():
+                break
+        return chunks
+
+    def close(self) -> None:
+        """Free this stage's contexts (the shared model is the engine's)."""
+        self.context.close()
+        if self.batch_context is not None:
+            self.batch_context.close()
+            self.batch_context = None
+
 
 def _in_stage(exc: EdgeStackError, where: str) -> EdgeStackError:
     """The same error with the stack file and stage in front of its message."""
@@ -101,10 +166,13 @@ class Engine:
         self.spec = spec
         self.models: dict[Path, LlamaModel] = {}
         self.runners: dict[str, LlamaRunner] = {}
+        #: seconds each stage took to load (its model, if first to use it, and its context)
+        self.load_seconds: dict[str, float] = {}
         self._closed = False
         try:
             for stage in spec.stages:
                 where = f"{spec.path}, stage {stage.name}"
+                started = time.perf_counter()
                 try:
                     # Pins first: a file that is not the pinned one is never parsed at all.
                     check_pin(stage.model, stage.sha256, where=f"{where}, key 'sha256'")
@@ -126,7 +194,8 @@ class Engine:
                     )
                 except EdgeStackError as exc:
                     raise _in_stage(exc, where) from exc
-                self.runners[stage.name] = LlamaRunner(stage, model, context)
+                self.runners[stage.name] = LlamaRunner(stage, model, context, threads=threads)
+                self.load_seconds[stage.name] = time.perf_counter() - started
                 logger.debug(
                     "stage %s: %s%s, n_ctx %d",
                     stage.name,
@@ -146,7 +215,7 @@ class Engine:
             return
         self._closed = True
         for runner in self.runners.values():
-            runner.context.close()
+            runner.close()
         for model in self.models.values():
             model.close()
         self.runners.clear()

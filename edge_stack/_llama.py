@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,20 @@ class LlamaModel:
         self.eos: int = lib.llama_vocab_eos(self._vocab)
         self.add_bos: bool = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._contexts: weakref.WeakSet[LlamaContext] = weakref.WeakSet()
+        # Native contexts still open on this model, counted apart from the WeakSet: when the
+        # garbage collector frees a cycle (at interpreter exit, everything), weak references are
+        # cleared first and finalizers run in any order, so the model may be finalized before
+        # a context it can no longer see. llama.cpp's context destructor reads the model, and
+        # the model's destructor deletes the adapters contexts still own: the native model is
+        # therefore freed only once the last context is closed.
+        self._open_contexts = 0
+        self._free_pending = False
+        self._free_ptr: Any = None
+        self._count_lock = threading.Lock()
         self._special: dict[str, int] | None = None
+        # Per-token answers cached: generation asks them once per token, through ctypes.
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._metadata: dict[str, str] | None = None
 
     @classmethod
@@ -88,13 +102,17 @@ class LlamaModel:
     def token_to_piece(self, tok: int, *, special: bool = False) -> bytes:
         """The bytes of one token (may be part of a UTF-8 character); control tokens are empty
         unless ``special``."""
+        piece = self._pieces.get((tok, special))
+        if piece is not None:
+            return piece
         lib = _lib()
         size = 64
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
             n = lib.llama_token_to_piece(self.vocab, tok, buf, size, 0, special)
             if n >= 0:
-                return buf.raw[:n]
+                self._pieces[(tok, special)] = piece = buf.raw[:n]
+                return piece
             size = -n
         raise EngineError(f"llama.cpp could not render token {tok}")
 
@@ -113,7 +131,10 @@ class LlamaModel:
 
     def is_eog(self, tok: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, ...)."""
-        return bool(_lib().llama_vocab_is_eog(self.vocab, tok))
+        eog = self._eog.get(tok)
+        if eog is None:
+            eog = self._eog[tok] = bool(_lib().llama_vocab_is_eog(self.vocab, tok))
+        return eog
 
     def check_grammar(self, grammar: str) -> None:
         """Raise :class:`EngineError` with llama.cpp's reason if the GBNF ``grammar`` is invalid."""
@@ -154,8 +175,26 @@ class LlamaModel:
             return
         for ctx in list(self._contexts):
             ctx.close()
-        _lib().llama_model_free(self._ptr)
-        self._ptr = None
+        with self._count_lock:
+            ptr, self._ptr = self._ptr, None
+            if self._open_contexts:
+                self._free_ptr, self._free_pending = ptr, True
+                return
+        _lib().llama_model_free(ptr)
+
+    def _context_opened(self) -> None:
+        with self._count_lock:
+            self._open_contexts += 1
+
+    def _context_closed(self) -> None:
+        """A context on this model was freed; free the model if it is closed and unused now."""
+        with self._count_lock:
+            self._open_contexts -= 1
+            if not (self._free_pending and self._open_contexts == 0):
+                return
+            self._free_pending = False
+            ptr = self._free_ptr
+        _lib().llama_model_free(ptr)
 
     def __enter__(self) -> LlamaModel:
         return self

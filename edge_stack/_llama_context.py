@@ -52,6 +52,8 @@ class GenStats:
     completion_tokens: int = 0
     prompt_seconds: float = 0.0
     gen_seconds: float = 0.0
+    #: seconds from the start of the call to the first sampled token (0 if none was)
+    first_token_seconds: float = 0.0
     #: "length", "eog", "stop", "cancelled" or "context" ("" while running)
     finish_reason: str = ""
 
@@ -75,6 +77,11 @@ class LlamaContext:
     whole prompt micro-batches are reused from the cache: a call computes bit for bit what a
     fresh context computes.
     """
+
+    #: sequences the KV cache holds, each with ``n_ctx`` cells of its own (the batched subclass
+    #: in :mod:`edge_stack._llama_batch` raises it; this class only ever uses sequence 0)
+    _n_seq = 1
+    _kv_unified = False
 
     def __init__(
         self,
@@ -116,10 +123,12 @@ class LlamaContext:
         if self.lora is not None:
             self._check_lora(self.lora)  # before any native allocation
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = self.n_batch
+        params.n_ctx = n_ctx * self._n_seq
+        params.n_batch = max(self.n_batch, self._n_seq)
         params.n_ubatch = self.n_ubatch
-        params.n_seq_max = 1
+        params.n_seq_max = self._n_seq
+        if self._n_seq > 1:
+            params.kv_unified = self._kv_unified
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = (
             lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -127,7 +136,10 @@ class LlamaContext:
         params.no_perf = True  # we time calls ourselves
         with llama_errors() as errors:
             self._ctx: Any = lib.llama_init_from_model(model.ptr, params)
+        if self._ctx:
+            model._context_opened()
         if not self._ctx:
+            self._ctx = None
             raise EngineError(
                 f"llama.cpp could not create a context of {n_ctx} tokens for {model.path}: "
                 f"{reason(errors, 'out of memory, or n_ctx too large?')}"
@@ -136,8 +148,8 @@ class LlamaContext:
             if self.lora is not None:
                 self._attach_lora(self.lora, lora_scale)
             self._mem = lib.llama_get_memory(self._ctx)
-            self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-            for i in range(self.n_batch):  # every token of ours is in sequence 0
+            self._batch = lib.llama_batch_init(max(self.n_batch, self._n_seq), 0, 1)
+            for i in range(max(self.n_batch, self._n_seq)):  # sequence 0 unless told otherwise
                 self._batch.n_seq_id[i] = 1
                 self._batch.seq_id[i][0] = 0
         except BaseException:
@@ -277,6 +289,7 @@ class LlamaContext:
                 self._adapter = None
             self._tokens = []
             self._reusable = 0
+            self.model._context_closed()
         self.model._contexts.discard(self)
 
     def __enter__(self) -> LlamaContext:
@@ -413,6 +426,8 @@ class LlamaContext:
                 with self._lock:
                     self._own(call)
                     tok = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
+                if not stats.first_token_seconds:
+                    stats.first_token_seconds = time.perf_counter() - t0
                 if model.is_eog(tok):
                     stats.finish_reason = "eog"
                     break

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ._env import settings
+from ._env import quiet_openmp, settings
 from .errors import ModelFileNotFound
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def lib() -> Any:
         return _lib_module
     with _init_lock:
         if _lib_module is None:
+            quiet_openmp()
             import llama_cpp.llama_cpp as mod
 
             _log_callback = mod.llama_log_callback(_on_llama_log)

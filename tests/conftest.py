@@ -12,20 +12,16 @@ import pytest
 def _isolated_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """No test reads the user's data folder or reaches the network."""
+    """No test reads the user's data folder or reaches the network; llama.cpp runs one thread."""
     from edge_stack._env import settings
 
-    monkeypatch.setenv("EDGESTACK_HOME", str(tmp_path_factory.getbasetemp() / "edgestack-home"))
+    monkeypatch.setenv("EDGESTACK_HOME", str(tmp_path_factory.mktemp("edgestack-home")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    for name in (
-        "EDGESTACK_STACK",
-        "EDGESTACK_DEBUG",
-        "EDGESTACK_NO_LOG",
-        "EDGESTACK_VERBOSE",
-        "EDGESTACK_THREADS",
-    ):
+    for name in ("EDGESTACK_STACK", "EDGESTACK_DEBUG", "EDGESTACK_NO_LOG", "EDGESTACK_VERBOSE"):
         monkeypatch.delenv(name, raising=False)
+    # One thread: the suite runs on small shared CI machines, and results do not depend on it.
+    monkeypatch.setenv("EDGESTACK_THREADS", "1")
     settings.cache_clear()
     yield
     settings.cache_clear()

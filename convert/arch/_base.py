@@ -42,6 +42,17 @@ class Config:
             )
         return value
 
+    def common_hparams(self) -> dict[str, Any]:
+        """The hyperparameters every architecture spells the same way."""
+        return {
+            "n_vocab": self.require_int("vocab_size"),
+            "n_ctx": self.require_int("max_position_embeddings"),
+            "n_layer": self.require_int("num_hidden_layers"),
+            "n_ff": self.require_int("intermediate_size"),
+            "tie_embeddings": bool(self.get("tie_word_embeddings", default=False)),
+            "rope_theta": float(self.rope.get("rope_theta", 10000.0)),
+        }
+
     @property
     def rope(self) -> dict[str, Any]:
         """Rope settings merged from 5.x ``rope_parameters`` and 4.x ``rope_theta``/``rope_scaling``."""
@@ -176,7 +187,7 @@ class ArchSpec:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF name -> numpy-order shape, for the tensors whose shape follows from hparams."""
         h = self.hparams
-        shapes = {
+        shapes: dict[str, tuple[int, ...]] = {
             "token_embd.weight": (h.n_vocab, h.n_embd),
             "output.weight": (h.n_vocab, h.n_embd),
         }

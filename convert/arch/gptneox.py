@@ -43,18 +43,13 @@ class GPTNeoX(ArchSpec):
                 f"{config.where}: hidden_act {act!r} is not supported; llama.cpp's GPT-NeoX uses GELU"
             )
         return HParams(
-            n_vocab=config.require_int("vocab_size"),
-            n_ctx=config.require_int("max_position_embeddings"),
+            **config.common_hparams(),
             n_embd=n_embd,
-            n_layer=config.require_int("num_hidden_layers"),
             n_head=n_head,
             n_head_kv=n_head,
-            n_ff=config.require_int("intermediate_size"),
             head_dim=head_dim,
             n_rot=int(partial * head_dim),
-            rope_theta=float(rope.get("rope_theta", 10000.0)),
             norm_eps=float(config.get("layer_norm_eps", default=1e-5)),
-            tie_embeddings=bool(config.get("tie_word_embeddings", default=False)),
             parallel_residual=bool(config.get("use_parallel_residual", default=True)),
         )
 

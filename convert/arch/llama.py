@@ -45,18 +45,13 @@ class Llama(ArchSpec):
                 f"llama.cpp's {self.arch_name} uses SiLU (SwiGLU)"
             )
         return HParams(
-            n_vocab=config.require_int("vocab_size"),
-            n_ctx=config.require_int("max_position_embeddings"),
+            **config.common_hparams(),
             n_embd=n_embd,
-            n_layer=config.require_int("num_hidden_layers"),
             n_head=n_head,
             n_head_kv=n_head_kv,
-            n_ff=config.require_int("intermediate_size"),
             head_dim=head_dim,
             n_rot=head_dim,
-            rope_theta=float(rope.get("rope_theta", 10000.0)),
             norm_eps=float(config.get("rms_norm_eps", default=1e-6)),
-            tie_embeddings=bool(config.get("tie_word_embeddings", default=False)),
             rope_scaling={} if rope_type == "default" else dict(rope),
         )
 

@@ -24,6 +24,7 @@ from . import (  # noqa: F401  isort: skip
     _verify_cmd,
     _build_cmd,
     _eval_cmd,
+    _bench_cmd,
 )
 
 __all__ = ["app", "main"]

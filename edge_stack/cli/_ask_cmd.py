@@ -108,9 +108,58 @@ def _answer_one(
     return None
 
 
+def read_batch_file(path: Path) -> list[str]:
+    """The questions of a ``--batch`` file: one per line, blank lines skipped."""
+    from ..errors import BadArgument
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadArgument(
+            f"batch file {path} does not exist; give a text file with one question per line"
+        ) from None
+    except OSError as exc:
+        raise BadArgument(f"cannot read batch file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadArgument(
+            f"batch file {path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8"
+        ) from None
+    questions = [q.strip() for q in text.splitlines() if q.strip()]
+    if not questions:
+        raise BadArgument(f"batch file {path} has no questions; write one question per line")
+    return questions
+
+
+def _ask_batch(
+    stack: Stack,
+    questions: list[str],
+    *,
+    batch_size: int,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+) -> list[object]:
+    answers = stack.ask_batch(
+        questions,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
+    for answer in answers:
+        sys.stdout.write(json.dumps(answer.to_dict(), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    return list(answers)
+
+
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="The question, as one argument (quote it).")],
+    question: Annotated[
+        str | None, typer.Argument(help="The question, as one argument (quote it).")
+    ] = None,
     stack: StackOpt = None,
     trace: TraceOpt = False,
     as_json: JsonOpt = False,
@@ -120,6 +169,17 @@ def ask(
     seed: SeedOpt = None,
     no_log: NoLogOpt = False,
     verbose: VerboseOpt = False,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            "--batch",
+            help="Answer every line of this file (one question per line) together, with "
+            "llama.cpp's batched decoding; prints one JSON object per line, as --json does.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=64, help="Questions decoded together.")
+    ] = 8,
 ) -> None:
     """Answer one question with a stack; the answer streams to stdout as it is generated.
 
@@ -130,11 +190,33 @@ def ask(
       edgestack ask "What is 15 plus 28?" --trace
 
       edgestack ask "What is 15 plus 28?" --stack ./my-stack --json
+
+      edgestack ask --batch questions.txt > answers.jsonl
     """
     from .._events import Answer
     from .._runlog import log_answer
 
-    if not question.strip():
+    if batch is not None:
+        if question is not None:
+            raise typer.BadParameter(
+                "give a QUESTION or --batch FILE, not both", param_hint="QUESTION"
+            )
+        questions = read_batch_file(batch)
+        loaded, path = _load(stack, threads, verbose)
+        with loaded:
+            answers = _ask_batch(
+                loaded,
+                questions,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+            )
+        for item in answers:
+            if isinstance(item, Answer):
+                log_answer(item, stack_path=path, enabled=not no_log)
+        return
+    if question is None or not question.strip():
         raise typer.BadParameter("the question is empty", param_hint="QUESTION")
     loaded, path = _load(stack, threads, verbose)
     with loaded:

@@ -14,7 +14,8 @@ Writes, under ``--out``::
     train_log.json        settings, parameter counts, losses and seconds per phase
 
 ``--only stack`` / ``--only baseline`` run one half (both can run at once, on a core each; the
-log is then ``train_log_<half>.json``). Measure with ``eval_reference.py --out DIR``.
+log is then ``train_log_<half>.json``); ``--only adapters`` retrains the adapters over the base
+already in ``--out``. Measure with ``eval_reference.py --out DIR``.
 """
 
 from __future__ import annotations
@@ -44,20 +45,26 @@ class Settings:
 
     seed: int = 0
     threads: int = 1  # run --only stack and --only baseline side by side on a 2-core CPU
-    only: str = "all"  # "all", "stack" or "baseline"
-    problems: int = 40000
+    only: str = "all"  # "all", "stack", "baseline" or "adapters" (over the base in --out)
+    problems: int = 20000
     vocab_size: int = 1024
-    split_digits: bool = True
-    hidden: int = 256
+    # "no" (every number 0..199 one token), "apart" or "alone": see train_data.train_tokenizer
+    split_digits: str = "no"
+    hidden: int = 128
     layers: int = 4
-    heads: int = 8
+    heads: int = 4
+    # rotary on every dimension of each head (Pythia uses 0.25): copying numbers by position needs it
+    rotary_pct: float = 1.0
     max_positions: int = 256
-    batch_tokens: int = 1024
-    base_steps: int = 1400
-    base_lr: float = 2e-3
+    batch_tokens: int = 2048
+    base_steps: int = 2200
+    base_lr: float = 3e-3
+    # loss on prompts too (plain LM) or, by default, on the stages' outputs only
+    base_prompt_loss: bool = False
+    weight_decay: float = 0.1
     # examples per problem of each stage in the base's mix: arithmetic needs the most practice
-    base_mix: str = "extract=1,compute=3,answer=1"
-    adapter_steps: str = "extract=200,compute=800,answer=100"
+    base_mix: str = "extract=2,compute=10,answer=1"
+    adapter_steps: str = "extract=300,compute=600,answer=100"
     adapter_lr: float = 2e-3
     lora_r: int = 8
     lora_alpha: int = 16
@@ -88,7 +95,8 @@ class Settings:
 
 
 def base_config(s: Settings, vocab: int, eos_id: int, *, intermediate: int | None = None) -> Any:
-    """GPT-NeoX as in Pythia (rotary on a quarter of each head, parallel residual), small."""
+    """GPT-NeoX as in Pythia (parallel residual, untied embeddings), small; rotary on
+    ``s.rotary_pct`` of each head."""
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
@@ -97,7 +105,7 @@ def base_config(s: Settings, vocab: int, eos_id: int, *, intermediate: int | Non
         num_hidden_layers=s.layers,
         num_attention_heads=s.heads,
         intermediate_size=intermediate or 4 * s.hidden,
-        rotary_pct=0.25,
+        rotary_pct=s.rotary_pct,
         use_parallel_residual=True,
         max_position_embeddings=s.max_positions,
         tie_word_embeddings=False,
@@ -119,7 +127,7 @@ def fit_loop(
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
     warmup = min(s.warmup, max(1, steps // 10))
 
     def factor(step: int) -> float:
@@ -160,7 +168,9 @@ def train_base(
 
     torch.manual_seed(s.seed)
     model = GPTNeoXForCausalLM(base_config(s, vocab, eos_id))
-    feed = batches(data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id)
+    feed = batches(
+        data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=s.base_prompt_loss, pad_id=eos_id
+    )
     stats = fit_loop(model, feed, s.base_steps, s.base_lr, s)
     model.save_pretrained(out)
     return {"params": n_params(model), **stats}
@@ -238,7 +248,9 @@ def train_baseline(
     torch.manual_seed(s.seed)
     ff = baseline_intermediate(s, vocab, eos_id, target)
     model = GPTNeoXForCausalLM(base_config(s, vocab, eos_id, intermediate=ff))
-    feed = batches(data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=True, pad_id=eos_id)
+    feed = batches(
+        data, s.batch_tokens, s.base_steps, s.seed, prompt_loss=s.base_prompt_loss, pad_id=eos_id
+    )
     first = fit_loop(model, feed, s.base_steps, s.base_lr, s)
     steps = sum(s.per_stage("adapter_steps").values())
     feed = batches(data, s.batch_tokens, steps, s.seed + 1, prompt_loss=False, pad_id=eos_id)
@@ -281,15 +293,19 @@ def stage_data(
 def run_stack(
     s: Settings, out: Path, tok: Any, stack: list[stages_mod.StagePrompt]
 ) -> dict[str, Any]:
-    """Base, then one adapter per stage."""
+    """Base, then one adapter per stage (``--only adapters``: reuse the base already in ``out``;
+    the tokenizer and data are rebuilt from the seed, so they match it)."""
     eos_id, vocab = tok.token_to_id(EOS), tok.get_vocab_size()
     data = {name: encode(tok, examples, eos_id) for name, examples in stage_data(s, stack).items()}
-    mixed = [e for encoded in data.values() for e in encoded]
-    log.info("base: %d stage texts, vocab %d", len(mixed), vocab)
-    result: dict[str, Any] = {"base": train_base(s, mixed, vocab, eos_id, out / "base")}
-    save_tokenizer(
-        tok, out / "base", s.max_positions
-    )  # after the model: its save clears the folder
+    result: dict[str, Any] = {}
+    if s.only == "adapters":
+        result["base"] = reused_base(out / "base", tok)
+    else:
+        mixed = [e for encoded in data.values() for e in encoded]
+        log.info("base: %d stage texts, vocab %d", len(mixed), vocab)
+        result["base"] = train_base(s, mixed, vocab, eos_id, out / "base")
+        # after the model: its save clears the folder
+        save_tokenizer(tok, out / "base", s.max_positions)
     result["adapters"] = {}
     steps = s.per_stage("adapter_steps")
     for i, (name, encoded) in enumerate(data.items()):
@@ -302,11 +318,24 @@ def run_stack(
     return result
 
 
+def reused_base(folder: Path, tok: Any) -> dict[str, Any]:
+    """Parameter count of an existing base; refuses one whose tokenizer differs from ``tok``."""
+    from transformers import GPTNeoXForCausalLM
+
+    saved = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    if saved != tok.get_vocab():
+        raise ValueError(f"{folder}: its tokenizer is not this run's (other settings or seed?)")
+    return {"params": n_params(GPTNeoXForCausalLM.from_pretrained(folder)), "reused": True}
+
+
 def run_baseline(s: Settings, out: Path, tok: Any, stack_params: int) -> dict[str, Any]:
     """The single-model baseline on the same problems."""
     eos_id, vocab = tok.token_to_id(EOS), tok.get_vocab_size()
     stage = stages_mod.load_stages(stages_mod.BASELINE_RECIPE)[0]
-    problems = generate.problems(s.seed, s.problems, "train")
+    # the same problems the stack's stage data come from (compute draws the most of them)
+    problems = generate.problems(
+        s.seed, s.problems * max(s.per_stage("base_mix").values()), "train"
+    )
     data = encode(tok, [stages_mod.baseline_example(p, stage) for p in problems], eos_id)
     log.info("baseline: %d questions, target %d params", len(data), stack_params)
     result = train_baseline(s, data, vocab, eos_id, stack_params, out / "baseline")
@@ -325,7 +354,7 @@ def run(s: Settings, out: Path) -> dict[str, Any]:
     vocab, eos_id = tok.get_vocab_size(), tok.token_to_id(EOS)
     target = stack_param_count(s, vocab, eos_id, len(stack))
     result: dict[str, Any] = {"settings": asdict(s), "vocab_size": vocab, "stack_params": target}
-    if s.only in ("all", "stack"):
+    if s.only in ("all", "stack", "adapters"):
         result.update(run_stack(s, out, tok, stack))
         result["stack_seconds"] = time.perf_counter() - started
     if s.only in ("all", "baseline"):

@@ -14,16 +14,37 @@ from stages import Example
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, *, split_digits: bool) -> Any:
+#: ``split_digits`` modes: how numbers are cut into tokens after BPE training
+DIGIT_MODES = ("no", "apart", "alone")
+
+#: every number a stage can write (operands 0..99, results up to 99 + 99 = 198) is one token in
+#: mode "no": the tokenizer sees this line often enough to merge each of them
+WHOLE_NUMBERS = range(200)
+_NUMBER_LINE = " ".join(str(n) for n in WHOLE_NUMBERS)
+
+
+def _check_whole_numbers(tok: Any) -> None:
+    """Raise if some number of ``WHOLE_NUMBERS`` (space-led, as in every text) is split."""
+    split = [n for n in WHOLE_NUMBERS if len(tok.encode(f" {n}").ids) != 1]
+    if split:
+        raise ValueError(f"numbers split into several tokens (raise vocab_size): {split[:10]}")
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, *, split_digits: str) -> Any:
     """A byte-level BPE with GPT-2's pre-tokenizer and one special token, ``<|endoftext|>``.
 
-    With ``split_digits`` every merge whose result holds a digit is dropped after training, so
-    numbers are read and written digit by digit, each digit always the same token (``" 23"`` is
-    ``Ġ 2 3``): the model can learn carrying instead of a 100 x 100 table, and the pre-tokenizer
-    keeps exactly the GPT-2/Pythia structure.
+    ``split_digits`` drops merges after training, keeping the GPT-2/Pythia pre-tokenizer exactly
+    (so the converter recognises it): ``"no"`` keeps every merge and makes sure every number of
+    ``WHOLE_NUMBERS`` is one token (``" 23"`` is ``Ġ23``: copying a number is copying one token,
+    and arithmetic is a table the model learns; measured best),
+    ``"apart"`` drops merges that put two digits in one token (``" 23"`` is ``Ġ2 3``), ``"alone"``
+    drops every merge with a digit (``" 23"`` is ``Ġ 2 3``; measured much worse: every number
+    then follows the same ``Ġ`` token, and copying numbers by attention fails).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+    if split_digits not in DIGIT_MODES:
+        raise ValueError(f"split_digits must be one of {DIGIT_MODES}, got {split_digits!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -34,25 +55,30 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, *, split_digits: bool
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    if split_digits == "no":
+        texts = [*texts, *[_NUMBER_LINE] * 50]
     tok.train_from_iterator(texts, trainer=trainer)
-    if split_digits:
-        tok = _drop_digit_merges(tok)
+    if split_digits == "no":
+        _check_whole_numbers(tok)
+    else:
+        tok = _drop_digit_merges(tok, max_digits=1 if split_digits == "apart" else 0)
     return tok
 
 
-def _drop_digit_merges(tok: Any) -> Any:
-    """Remove merges whose result holds a digit, then renumber the vocabulary densely."""
+def _drop_digit_merges(tok: Any, *, max_digits: int) -> Any:
+    """Remove merges whose result holds more than ``max_digits`` digits (a merge result is always
+    longer than one character), then renumber the vocabulary densely."""
     from tokenizers import Tokenizer
 
     spec = json.loads(tok.to_str())
     model = spec["model"]
     merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
 
-    def has_digit(merge: list[str]) -> bool:
-        return any(ch.isdigit() for ch in merge[0] + merge[1])
+    def too_many(merge: list[str]) -> bool:
+        return sum(ch.isdigit() for ch in merge[0] + merge[1]) > max_digits
 
-    kept_merges = [m for m in merges if not has_digit(m)]
-    dropped = {m[0] + m[1] for m in merges if has_digit(m)}
+    kept_merges = [m for m in merges if not too_many(m)]
+    dropped = {m[0] + m[1] for m in merges if too_many(m)}
     ordered = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     vocab = {token: i for i, (token, _) in enumerate(t for t in ordered if t[0] not in dropped)}
     model["vocab"], model["merges"] = vocab, kept_merges

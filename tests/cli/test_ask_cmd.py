@@ -15,21 +15,11 @@ import pytest
 
 from edge_stack import Stack, StageFinished
 from edge_stack._env import settings
-from edge_stack.cli import main
 
+from cli_support import run
 from stack_builders import write_stack
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack.cli import main
+from cli_support import run
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_inspect_stack(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Stack, load_manifest
-from edge_stack.cli import main
 from edge_stack.convert.build import BuildEvent, build
 
 from build_builders import STAGES, built_stack, lora_config, recipe_folder, write_recipe
+from cli_support import run
 
 # peft calls transformers' deprecated is_gradient_checkpointing (their business, not ours)
 pytestmark = [
@@ -26,16 +26,6 @@ pytestmark = [
 ]
 
 QUESTION = "Sam has 23 stamps and buys 18 more. How many stamps does Sam have?"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_stack.convert import hub
-from edge_stack.convert.hub import ALLOW_PATTERNS, HubSpec, parse_hub_id, resolve_model_dir
 from safetensors.numpy import save_file
 
+from edge_stack.convert import hub
+from edge_stack.convert.hub import ALLOW_PATTERNS, HubSpec, parse_hub_id, resolve_model_dir
 from edge_stack.errors import (
     AdapterError,
     CheckpointError,
@@ -406,10 +406,10 @@ def test_cli_convert_of_uncached_hub_id_is_one_line(hub_env: HubEnv, tmp_path: P
 def test_cli_converts_a_cached_hub_checkpoint_offline(hub_env: HubEnv, tmp_path: Path) -> None:
     """The whole path: Hub id -> cached snapshot (offline) -> GGUF that passes check_gguf."""
     pytest.importorskip("transformers")
-    from model_builders import build_model
-
     from edge_stack import convert
     from edge_stack._gguf_check import check_gguf
+
+    from model_builders import build_model
 
     if not hasattr(convert, "convert_checkpoint"):
         pytest.skip("edge_stack.convert.convert_checkpoint is not written yet")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edge_stack.convert._pretokenizer import GPT2_PATTERN, PRE_TYPES
 from edge_stack.convert.tokenizer import (
     CONTROL,
@@ -26,6 +27,8 @@ from edge_stack.convert.tokenizer import (
     detect_pre,
     load_vocab,
 )
+from edge_stack.errors import ModelFileNotFound, TokenizerError
+
 from tokenizer_builders import (
     CHATML_TEMPLATE,
     KINDS,
@@ -34,8 +37,6 @@ from tokenizer_builders import (
     build_tokenizer,
     n_tokens,
 )
-
-from edge_stack.errors import ModelFileNotFound, TokenizerError
 
 N_VOCAB = 640  # every builder's tokenizer has fewer tokens; the rest are padding slots
 

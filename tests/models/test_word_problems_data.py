@@ -152,19 +152,27 @@ def test_committed_eval_jsonl_is_the_generators() -> None:
     assert lines == regenerated
 
 
-def test_tokenizer_reads_numbers_digit_by_digit() -> None:
+@pytest.mark.parametrize(
+    ("mode", "pieces"), [("no", ["Ġ23"]), ("apart", ["Ġ2", "3"]), ("alone", ["Ġ", "2", "3"])]
+)
+def test_tokenizer_digit_modes(mode: str, pieces: list[str]) -> None:
     pytest.importorskip("tokenizers")
     train_data = _load("train_data")
     stack = stg.load_stages(stg.RECIPE)
     texts = [
         e.prompt + e.completion for p in gen.problems(0, 500) for e in stg.stage_examples(p, stack)
     ]
-    tok = train_data.train_tokenizer(texts, 400, split_digits=True)
+    # mode "no" needs room for the 200 whole numbers on top of the words
+    tok = train_data.train_tokenizer(texts, 1024 if mode == "no" else 600, split_digits=mode)
     assert tok.token_to_id(train_data.EOS) == 0
     vocab = tok.get_vocab()
     assert sorted(vocab.values()) == list(range(len(vocab)))
-    assert not [t for t in vocab if len(t) > 1 and any(c.isdigit() for c in t)]
+    if mode != "no":
+        assert not [t for t in vocab if sum(c.isdigit() for c in t) > 1]
+    else:  # every number a stage can write is one token, however rare in the texts
+        assert all(len(tok.encode(f" {n}").ids) == 1 for n in train_data.WHOLE_NUMBERS)
     text = "Oscar has 23 tickets and buys 118 more."
     encoding = tok.encode(text)
     assert tok.decode(encoding.ids) == text
-    assert encoding.tokens[encoding.tokens.index("Ġhas") + 1 :][:3] == ["Ġ", "2", "3"]
+    start = encoding.tokens.index("Ġhas") + 1
+    assert encoding.tokens[start : start + len(pieces)] == pieces

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edge_stack._env import settings
-
 MakeStack = Callable[..., Path]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    home = tmp_path_factory.mktemp("edgestack-home")
-    monkeypatch.setenv("EDGESTACK_HOME", str(home))
-    for var in ("EDGESTACK_STACK", "EDGESTACK_NO_LOG", "EDGESTACK_DEBUG", "EDGESTACK_THREADS"):
-        monkeypatch.delenv(var, raising=False)
-    settings.cache_clear()
-    yield
-    settings.cache_clear()
 
 
 @pytest.fixture

@@ -44,7 +44,10 @@ def test_existing_needs_force(tmp_path: Path) -> None:
 
 
 def test_missing_folder_and_folder_target(tmp_path: Path) -> None:
-    with pytest.raises(ModelFileNotFound, match="mkdir"), atomic_output(tmp_path / "no" / "a.bin", force=False):
+    with (
+        pytest.raises(ModelFileNotFound, match="mkdir"),
+        atomic_output(tmp_path / "no" / "a.bin", force=False),
+    ):
         pass
     with pytest.raises(OutputExistsError, match="folder"), atomic_output(tmp_path, force=True):
         pass

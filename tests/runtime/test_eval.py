@@ -12,21 +12,11 @@ import pytest
 from edge_stack import Stack, load_manifest
 from edge_stack._backend import GenerationParams
 from edge_stack._eval import evaluate, final_number, load_cases, matches
-from edge_stack.cli import main
 from edge_stack.errors import BadArgument, ModelFileNotFound
 
 from .conftest import MakeStack
 from .fakes import FakeBackend
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_support import run
 
 
 @pytest.mark.parametrize(

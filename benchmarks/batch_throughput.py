@@ -1,0 +1,94 @@
+"""Questions per second: `ask --batch` (llama.cpp batched decoding) against asking one by one.
+
+    python benchmarks/batch_throughput.py [--questions 16] [--batch-sizes 8 16] [--rounds 2] [--json]
+
+The four-stage Pythia-160M-shaped Q8_0 stack (benchmarks/_common.py), 2 threads, each stage
+generating exactly 16 tokens. Both sides run in this process on one loaded stack, after one
+warm-up each (so both start with their stages' fixed prompt prefix cached), taking turns round
+by round. Counts the batched answers equal to the one-by-one answers (see Stack.ask_batch on
+llama.cpp's f16 kernels, which the LoRA adapters use). Goal: ratio >= 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import _common as c
+
+
+def measure(questions: int, batch_sizes: list[int], rounds: int, threads: int) -> dict[str, Any]:
+    from edge_stack import Stack
+
+    qs = (c.QUESTIONS * (questions // len(c.QUESTIONS) + 1))[:questions]
+    single: list[float] = []
+    batched: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    same: dict[int, int] = {b: len(qs) for b in batch_sizes}
+    gen: set[int] = set()
+    with Stack.load(c.stack_160m(), threads=threads) as stack:
+        stack.ask(qs[0])
+        for b in batch_sizes:
+            stack.ask_batch(qs[:b], batch_size=b)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            one = [stack.ask(q).text for q in qs]
+            single.append(len(qs) / (time.perf_counter() - t))
+            for b in batch_sizes:
+                t = time.perf_counter()
+                many = stack.ask_batch(qs, batch_size=b)
+                batched[b].append(len(qs) / (time.perf_counter() - t))
+                equal = sum(x == y.text for x, y in zip(one, many, strict=True))
+                same[b] = min(same[b], equal)
+                gen.update(s.completion_tokens for a in many for s in a.stages)
+    s = c.median_min_max(single)
+    return {
+        "questions": len(qs),
+        "rounds": rounds,
+        "tokens_per_stage": sorted(gen),
+        "one_by_one_qps": s,
+        "batch": {
+            str(b): {
+                "qps": c.median_min_max(v),
+                "ratio": statistics.median(v) / s["median"],
+                "same_answers": same[b],
+            }
+            for b, v in batched.items()
+        },
+        "machine": c.machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=c.THREADS)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = parser.parse_args()
+    r = measure(args.questions, args.batch_sizes, args.rounds, args.threads)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    s = r["one_by_one_qps"]
+    print(
+        f"{r['questions']} questions, 4 stages x {r['tokens_per_stage']} tokens, "
+        f"{r['rounds']} rounds (load {r['machine']['load_avg_1m']})"
+    )
+    print(f"one by one: {s['median']:.3f} q/s (min {s['min']:.3f}, max {s['max']:.3f})")
+    for size, b in r["batch"].items():
+        q = b["qps"]
+        print(
+            f"batch size {size}: {q['median']:.3f} q/s (min {q['min']:.3f}, max {q['max']:.3f}); "
+            f"{b['same_answers']}/{r['questions']} answers equal to one by one"
+        )
+        print("  " + c.ratio_line("ratio batched / one by one", b["ratio"], ">= 3"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Cold start of the four-stage stack: load every stage and produce the first token.
+
+    python benchmarks/cold_start.py [--runs 5] [--json]
+
+Each run is a fresh process (so nothing of llama.cpp is loaded yet; the GGUF files are in the
+OS page cache, as on any second start). It imports edgestack, then times ``Stack.load`` of the
+four-stage Pythia-160M-shaped Q8_0 stack (benchmarks/_common.py: every file checked, one
+mmap'd base, four contexts with their adapters) and the first stage's first token
+(``stream(question, max_tokens=1)`` until that stage finishes). Also reported: the time to
+import edgestack and initialise llama.cpp, which comes before. Goal: under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import _common as c
+
+
+def run_once(threads: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    from edge_stack import Stack, StageFinished
+    from edge_stack._llama_lib import lib
+
+    lib()
+    t1 = time.perf_counter()
+    stack = Stack.load(c.stack_160m(), threads=threads)
+    t2 = time.perf_counter()
+    for event in stack.stream(c.QUESTIONS[0], max_tokens=1):
+        if isinstance(event, StageFinished):
+            break
+    t3 = time.perf_counter()
+    stack.close()
+    return {"import_s": t1 - t0, "load_s": t2 - t1, "first_token_s": t3 - t2, "cold_s": t3 - t1}
+
+
+def measure(runs: int, threads: int) -> dict[str, Any]:
+    c.stack_160m()
+    rows = []
+    for _ in range(runs):
+        cmd = [sys.executable, __file__, "--once", "--threads", str(threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return {k: c.median_min_max([r[k] for r in rows]) for k in rows[0]} | {"machine": c.machine()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=c.THREADS)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args()
+    if args.once:
+        print(json.dumps(run_once(args.threads)))
+        return
+    r = measure(args.runs, args.threads)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    for k in ("import_s", "load_s", "first_token_s", "cold_s"):
+        v = r[k]
+        print(f"{k:<14} {v['median']:.3f} s (min {v['min']:.3f}, max {v['max']:.3f})")
+    print(
+        f"cold start (load four stages + first token): {r['cold_s']['median']:.3f} s (goal < 0.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()

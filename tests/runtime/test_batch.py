@@ -1,0 +1,185 @@
+"""Batched decoding on real llama.cpp: the same answers as one by one, from one or many threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_stack import Stack
+from edge_stack._llama import LlamaContext, LlamaModel
+from edge_stack._llama_batch import BatchContext
+from edge_stack.errors import BadArgument, ContextOverflowError, EngineError
+
+from stack_builders import three_stage_stack
+
+pytestmark = [pytest.mark.llama, pytest.mark.torch]
+
+QUESTIONS = [
+    "Tom has 12 apples and buys 7 more. How many apples does he have?",
+    "What is 15 plus 28?",
+    "A {curly} question with {{double}} braces and {extract}",
+    "Sam has 23 stamps",
+    "zero",
+    "Mia gives away 4 of her 9 pens. How many are left?",
+    "What is 3 times 4?",
+    "Ann has 5 bags with 6 marbles in each bag.",
+    "<|endoftext|> stays text",
+    "ünïcödé ✓",
+]
+
+
+@pytest.fixture(scope="module")
+def base_gguf(tiny_gguf: Callable[..., Path]) -> Path:
+    return tiny_gguf("gptneox", "q8_0")
+
+
+@pytest.fixture(scope="module")
+def stack_path(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], Path], base_gguf: Path
+) -> Path:
+    return three_stage_stack(tmp_path_factory, tiny_model("gptneox"), base_gguf)
+
+
+@pytest.fixture(scope="module")
+def stack(stack_path: Path) -> Iterator[Stack]:
+    with Stack.load(stack_path, threads=1) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def one_by_one(stack: Stack) -> list[dict[str, object]]:
+    return [_comparable(stack.ask(q).to_dict()) for q in QUESTIONS]
+
+
+def _comparable(answer: dict[str, object]) -> dict[str, object]:
+    """An answer without its timings."""
+    stages = answer["stages"]
+    assert isinstance(stages, list)
+    return {
+        "answer": answer["answer"],
+        "question": answer["question"],
+        "stages": [{k: v for k, v in s.items() if k != "seconds"} for s in stages],
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 16])
+def test_batch_equals_one_by_one(
+    stack: Stack, one_by_one: list[dict[str, object]], batch_size: int
+) -> None:
+    answers = stack.ask_batch(QUESTIONS, batch_size=batch_size)
+    assert [_comparable(a.to_dict()) for a in answers] == one_by_one
+
+
+def test_batch_twice_reuses_cache_and_stays_equal(
+    stack: Stack, one_by_one: list[dict[str, object]]
+) -> None:
+    for _ in range(2):
+        answers = stack.ask_batch(list(reversed(QUESTIONS)), batch_size=4)
+        assert [_comparable(a.to_dict()) for a in answers] == list(reversed(one_by_one))
+
+
+def test_batch_overrides_match_ask(stack: Stack) -> None:
+    kw = {"max_tokens": 5, "temperature": 0.9, "seed": 7}
+    alone = [_comparable(stack.ask(q, **kw).to_dict()) for q in QUESTIONS[:4]]  # type: ignore[arg-type]
+    batch = stack.ask_batch(QUESTIONS[:4], batch_size=4, **kw)  # type: ignore[arg-type]
+    assert [_comparable(a.to_dict()) for a in batch] == alone
+
+
+def test_batch_from_threads(stack: Stack, one_by_one: list[dict[str, object]]) -> None:
+    halves = [QUESTIONS[:5], QUESTIONS[5:]]
+
+    def work(i: int) -> list[dict[str, object]]:
+        if i % 3 == 2:  # single asks interleaved with the batches
+            return [_comparable(stack.ask(q).to_dict()) for q in halves[i % 2]]
+        return [_comparable(a.to_dict()) for a in stack.ask_batch(halves[i % 2], batch_size=3)]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(work, range(6)))
+    for i, got in enumerate(results):
+        assert got == one_by_one[:5] if i % 2 == 0 else got == one_by_one[5:]
+
+
+def test_empty_and_bad_arguments(stack: Stack) -> None:
+    assert stack.ask_batch([]) == []
+    with pytest.raises(BadArgument, match="batch_size"):
+        stack.ask_batch(["x"], batch_size=0)
+    with pytest.raises(TypeError, match="one str"):
+        stack.ask_batch("a question")
+    with pytest.raises(TypeError, match="str"):
+        stack.ask_batch([1])  # type: ignore[list-item]
+
+
+def test_batch_overflow_names_the_stage(stack: Stack) -> None:
+    with pytest.raises(ContextOverflowError, match="stage extract"):
+        stack.ask_batch(["short", "word " * 400])
+
+
+def test_batch_context_equals_single_context(base_gguf: Path) -> None:
+    with LlamaModel.load(base_gguf) as model:
+        rng = np.random.default_rng(1)
+        fixed = [int(t) for t in rng.integers(3, model.n_vocab - 1, 40)]
+        prompts = [
+            fixed + [int(t) for t in rng.integers(3, model.n_vocab - 1, 3 + i)] for i in range(5)
+        ]
+        single = LlamaContext(model, n_ctx=128, n_threads=1)
+        want = [[g.id for g in single.generate(p, max_tokens=20) if g.id >= 0] for p in prompts]
+        batch = BatchContext(model, n_ctx=128, n_seq=5, n_threads=1)
+        outs = batch.generate_batch(prompts, max_tokens=20)
+        assert [o.tokens for o in outs] == want
+        # The first slot evaluated the shared start; the others got a copy of its cache.
+        assert [o.stats.cached_tokens for o in outs] == [0, 32, 32, 32, 32]
+        outs = batch.generate_batch(prompts, max_tokens=20)  # now from each slot's own cache
+        assert [o.tokens for o in outs] == want
+        assert all(o.stats.cached_tokens == 32 for o in outs)
+        # The inherited single-sequence call still works on the batch context.
+        assert [g.id for g in batch.generate(prompts[0], max_tokens=20) if g.id >= 0] == want[0]
+        with pytest.raises(EngineError, match="1 to 5 prompts"):
+            batch.generate_batch(prompts * 2, max_tokens=1)
+        with pytest.raises(ContextOverflowError):
+            batch.generate_batch([prompts[0]], max_tokens=120)
+        with pytest.raises(EngineError, match="sequences"):
+            BatchContext(model, n_ctx=128, n_seq=0)
+
+
+def test_model_freed_after_its_last_context(base_gguf: Path, tmp_path: Path) -> None:
+    """A context the model can no longer see (its weak reference cleared, as when the garbage
+    collector frees a cycle) keeps the native model alive until it closes."""
+    from stack_builders import random_lora
+
+    lora = random_lora(base_gguf, tmp_path / "a.gguf", seed=3)
+    model = LlamaModel.load(base_gguf)
+    ctx = BatchContext(model, n_ctx=64, n_seq=2, n_threads=1, lora=lora)
+    ctx.generate_batch([[5, 6, 7], [8, 9]], max_tokens=2)
+    model._contexts.discard(ctx)
+    model.close()
+    assert model._free_pending and model._open_contexts == 1
+    ctx.close()
+    assert not model._free_pending and model._open_contexts == 0
+
+
+def test_exit_without_close_does_not_crash(base_gguf: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    from stack_builders import random_lora
+
+    lora = random_lora(base_gguf, tmp_path / "a.gguf", seed=3)
+    code = textwrap.dedent(
+        f"""
+        from edge_stack._llama import LlamaContext, LlamaModel
+        from edge_stack._llama_batch import BatchContext
+        m = LlamaModel.load({str(base_gguf)!r})
+        a = LlamaContext(m, n_ctx=64, n_threads=1, lora={str(lora)!r})
+        b = BatchContext(m, n_ctx=64, n_seq=2, n_threads=1, lora={str(lora)!r})
+        a.me, b.me, m.me = a, b, m  # cycles: freed by the collector, in any order, at exit
+        list(a.generate([1, 2, 3], max_tokens=2))
+        b.generate_batch([[1, 2], [3, 4]], max_tokens=2)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
