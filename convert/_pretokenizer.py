@@ -109,21 +109,21 @@ def _supported() -> str:
     )
 
 
-def check_normalizer(normalizer: Any) -> None:
-    """Accept no normalizer or NFC only: llama.cpp does not normalize byte-level BPE input.
+def check_normalizer(normalizer: Any) -> str | None:
+    """Accept no normalizer or NFC only, and return it ("NFC" or None).
 
-    NFC leaves text that is already NFC unchanged (almost all text is), so such tokenizers
-    (Pythia's, Qwen2's) tokenize identically on NFC input; decomposed input may differ.
+    llama.cpp does not normalize byte-level BPE input, so the converter records NFC in the GGUF
+    (``edge_stack._keys.TOKENIZER_NORMALIZER``) and edgestack's runtime applies it first.
     """
     if normalizer is None:
-        return
+        return None
     kind = normalizer.get("type") if isinstance(normalizer, dict) else None
     if kind == "NFC":
-        return
+        return "NFC"
     if kind == "Sequence" and all(
         isinstance(n, dict) and n.get("type") == "NFC" for n in normalizer.get("normalizers", [])
     ):
-        return
+        return "NFC" if normalizer.get("normalizers") else None
     raise TokenizerError(
         f"tokenizer.json has normalizer {_short(normalizer)}, which llama.cpp does not apply to "
         "byte-level BPE; only no normalizer or NFC can be converted exactly"

@@ -24,9 +24,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_stack._keys import TOKENIZER_NORMALIZER
 from edge_stack.errors import ModelFileNotFound, TokenizerError
 
-from ._pretokenizer import detect_pre, match_pre_type
+from ._pretokenizer import check_normalizer, detect_pre, match_pre_type
 
 if TYPE_CHECKING:
     import gguf
@@ -60,6 +61,8 @@ class Vocab:
     pad_id: int | None = None
     add_bos: bool = False
     add_eos: bool = False
+    #: "NFC" when the tokenizer normalizes its input that way (Pythia's, Qwen2's), else None
+    normalizer: str | None = None
     #: chat templates by name; "default" is the one llama.cpp uses unless told otherwise
     chat_templates: Mapping[str, str] = field(default_factory=dict)
 
@@ -97,6 +100,8 @@ class Vocab:
             writer.add_array(gguf.Keys.Tokenizer.CHAT_TEMPLATES, list(named))
         if self.chat_template is not None:
             writer.add_chat_template(self.chat_template)
+        if self.normalizer is not None:
+            writer.add_string(TOKENIZER_NORMALIZER, self.normalizer)
 
 
 def load_vocab(model_dir: Path, *, n_vocab: int) -> Vocab:
@@ -189,6 +194,7 @@ def _build(
         add_bos=add_bos,
         add_eos=add_eos,
         chat_templates=_chat_templates(config, model_dir),
+        normalizer=check_normalizer(data.get("normalizer")),
     )
 
 

@@ -13,11 +13,13 @@ import ctypes
 import logging
 import os
 import threading
+import unicodedata
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._keys import TOKENIZER_NORMALIZER
 from ._llama_context import GenStats, GenToken, LlamaContext
 from ._llama_lib import check_file, llama_errors, reason, set_llama_logging
 from ._llama_lib import lib as _lib
@@ -56,6 +58,9 @@ class LlamaModel:
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog: dict[int, bool] = {}
         self._metadata: dict[str, str] | None = None
+        # llama.cpp does not normalize byte-level BPE input; the converter records when the
+        # Hugging Face tokenizer did (NFC), and tokenize() does it first, as transformers would.
+        self._normalizer: str | None = self.metadata().get(TOKENIZER_NORMALIZER) or None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verbose: bool = False) -> LlamaModel:
@@ -89,6 +94,8 @@ class LlamaModel:
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         """Token ids of ``text``; ``special`` parses special-token text (e.g. ``<|im_end|>``)."""
         lib = _lib()
+        if self._normalizer == "NFC":
+            text = unicodedata.normalize("NFC", text)
         data = text.encode("utf-8")
         size = len(data) + 8
         for _ in range(2):

@@ -256,10 +256,35 @@ def _capital(word: str) -> str:
     return word[:1].upper() + word[1:]
 
 
+#: share of training word problems whose name and object are made-up words: the stack must read
+#: names and objects it has never seen (measured: without them, held-out names broke extraction)
+MADE_UP_SHARE = 0.5
+_ONSETS = (*"bcdfghjklmnprstvwz", "br", "dr", "gr", "kr", "pl", "st", "tr", "sh", "ch")
+_VOWELS = (*"aeiou", "ai", "ou", "ee")
+_HELDOUT_WORDS = {p.name.lower() for p in PEOPLE["heldout"]} | {
+    w for t in THINGS["heldout"] + CONTAINERS["heldout"] for w in (t.singular, t.plural)
+}
+
+
+def _made_up_word(rng: random.Random) -> str:
+    """A pronounceable word of 2-3 syllables that is none of the held-out names or objects."""
+    while True:
+        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
+        if word not in _HELDOUT_WORDS and word + "s" not in _HELDOUT_WORDS:
+            return word
+
+
+def _person_and_thing(rng: random.Random, split: Split) -> tuple[Person, Thing]:
+    """From the split's pools; in training, sometimes made-up words instead."""
+    if split == "train" and rng.random() < MADE_UP_SHARE:
+        name, noun = _capital(_made_up_word(rng)), _made_up_word(rng)
+        return Person(name, rng.choice(("he", "she"))), Thing(noun, noun + "s")
+    return rng.choice(PEOPLE[split]), rng.choice(THINGS[split])
+
+
 def _word_problem(rng: random.Random, split: Split, kind: str) -> Problem:
     """An add, sub or mul word problem about one person and one kind of thing."""
-    person = rng.choice(PEOPLE[split])
-    thing = rng.choice(THINGS[split])
+    person, thing = _person_and_thing(rng, split)
     op: Op = {"add": "+", "sub": "-", "mul": "*"}[kind]  # type: ignore[assignment]
     a, b = _operands(rng, op)
     fields = {

@@ -56,7 +56,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, *, split_digits: str)
         show_progress=False,
     )
     if split_digits == "no":
-        texts = [*texts, *[_NUMBER_LINE] * 50]
+        texts = [*texts, *[_NUMBER_LINE] * 1000]
     tok.train_from_iterator(texts, trainer=trainer)
     if split_digits == "no":
         _check_whole_numbers(tok)

@@ -97,6 +97,15 @@ def test_heldout_words_never_appear_in_training_questions() -> None:
     assert not held & words
 
 
+def test_training_mixes_made_up_names_and_objects_heldout_never() -> None:
+    known = {p.name for p in gen.PEOPLE["train"]}
+    word = [p for p in gen.problems(0, 2000) if p.kind != "bare"]
+    made_up = [p for p in word if p.question.split()[0].strip(",") not in known | {"If", "There"}]
+    assert 0.3 < len(made_up) / len(word) < 0.7
+    heldout = [p for p in gen.problems(0, 500, "heldout") if p.kind != "bare"]
+    assert all(any(q.name in p.question for q in gen.PEOPLE["heldout"]) for p in heldout)
+
+
 def test_variety() -> None:
     problems = gen.problems(0, 2000)
     assert len({p.question for p in problems}) > 1900
