@@ -48,9 +48,6 @@ def test_ask_without_stack_uses_the_default(
 # The issue's acceptance example. It depends on how well the upstream models are trained (the
 # built stack reproduces the trained models' answers: see tests/convert/test_build.py and the
 # build's verification), so it is reported, not enforced, until the training reaches its goal.
-@pytest.mark.xfail(
-    reason="the trained word-problems models do not reach the goal yet", strict=False
-)
 def test_default_stack_answers_the_issue_example(
     default_stack: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
