@@ -47,6 +47,11 @@ def write_tokenizer(folder: Path, n_tokens: int = N_TOKENS, seed: int = 0) -> No
         vocab[a + b] = len(vocab)
         tokens.append(a + b)
         merges.append([a, b])
+    save_gpt2_tokenizer(folder, vocab, merges)
+
+
+def save_gpt2_tokenizer(folder: Path, vocab: dict[str, int], merges: list[list[str]]) -> None:
+    """tokenizer.json (GPT-2 byte-level BPE + <|endoftext|>) and tokenizer_config.json."""
     eot = {
         "id": len(vocab),
         "content": "<|endoftext|>",
@@ -56,30 +61,21 @@ def write_tokenizer(folder: Path, n_tokens: int = N_TOKENS, seed: int = 0) -> No
         "normalized": False,
         "special": True,
     }
+    byte_level = {
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": True,
+    }
     data = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": [eot],
         "normalizer": None,
-        "pre_tokenizer": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": True,
-            "use_regex": True,
-        },
-        "post_processor": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": True,
-            "use_regex": True,
-        },
-        "decoder": {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": True,
-            "use_regex": True,
-        },
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level,
+        "decoder": byte_level,
         "model": {
             "type": "BPE",
             "dropout": None,

@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from _pythia import N_TOKENS
+from _pythia import N_TOKENS, save_gpt2_tokenizer
 
 _ENGLISH = """
 the of and to in is that it was for on are as with his they at be this have from or one had by
@@ -59,49 +59,4 @@ def write_trained_tokenizer(folder: Path, texts: list[str], *, seed: int = 0) ->
             continue
         vocab[a + b] = len(vocab)
         merges.append([a, b])
-    eot = {
-        "id": len(vocab),
-        "content": "<|endoftext|>",
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": True,
-    }
-    byte_level = {
-        "type": "ByteLevel",
-        "add_prefix_space": False,
-        "trim_offsets": True,
-        "use_regex": True,
-    }
-    data = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [eot],
-        "normalizer": None,
-        "pre_tokenizer": byte_level,
-        "post_processor": byte_level,
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": False,
-            "vocab": vocab,
-            "merges": merges,
-        },
-    }
-    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
-    config = {
-        "tokenizer_class": "GPTNeoXTokenizer",
-        "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "add_bos_token": False,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    save_gpt2_tokenizer(folder, vocab, merges)

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._app import app
-
-
-@contextmanager
-def byte_progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar fed (done, total) byte counts; nothing at all when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="B", unit_scale=True, file=sys.stderr, leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
+from ._progress import progress_bar
 
 
 @app.command()
@@ -71,7 +48,7 @@ def convert(
     """
     from edge_stack.convert import convert_checkpoint
 
-    with byte_progress("converting") as progress:
+    with progress_bar("converting") as progress:
         path = convert_checkpoint(
             model,
             output,

@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from ._app import app
-
-
-@contextmanager
-def _question_progress() -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar over the questions on stderr; nothing when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(desc="questions", unit="q", file=sys.stderr, leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
+from ._progress import progress_bar
 
 
 @app.command("eval")
@@ -89,7 +66,10 @@ def eval_(
     if report is not None:
         check_output(report, force=force)  # before the (long) run, not after it
     cases = load_cases(data, match=mode)[:limit]
-    with Stack.load(stack, threads=threads) as loaded, _question_progress() as progress:
+    with (
+        Stack.load(stack, threads=threads) as loaded,
+        progress_bar("questions", unit="q", unit_scale=False) as progress,
+    ):
         result = evaluate(loaded, cases, match=mode, data=str(data), progress=progress)
     payload = json.dumps(result.to_dict(), ensure_ascii=False, indent=1)
     if report is not None:
