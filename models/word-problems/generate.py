@@ -146,77 +146,137 @@ SUB_FOOD_VERBS = (("eats", "ate"),)
 # {b_x}, {b}, {b_n} (the noun alone, in the number b needs), {xs} (plural), and for
 # multiplication {a_cs} ("4 bags") and {c} ("bag").
 # The lists are indexed: the first ones are for training, the last ones are held out.
-ADD_TEMPLATES: dict[Split, tuple[str, ...]] = {
-    "train": (
-        "{name} has {a_x}. {Pron} {vp} {b} more. How many {xs} does {name} have now?",
-        "{name} had {a_x} and {vpast} {b} more. How many {xs} does {pron} have now?",
-        "{name} has {a_x} and {vp} {b} more {b_n}. How many {xs} does {name} have?",
-        "{name} starts with {a_x}. Then {pron} {vp} {b} more. How many {xs} does {pron} have?",
-        "If {name} has {a_x} and {vp} {b} more, how many {xs} does {name} have?",
-        "{name} had {a_x}. Then {pron} {vpast} {b_x} more. How many {xs} does {name} have in all?",
-        "{name} had {a_x}, and {pron} {vpast} {b} more. How many {xs} does {name} have now?",
-    ),
-    "heldout": (
-        "{name} has {a_x}, and then {pron} {vp} {b} more {b_n}. How many {xs} does {pron} have now?",
-        "{name} had {a_x}. {Pron} {vpast} {b} more of them. How many {xs} does {name} have in all now?",
-    ),
+# Training shapes are CROSSED: every sentence frame occurs with every operation, so only the verb
+# (word problems) or the operator word (bare questions) decides the operation. With one template
+# per operation the stack learned shapes instead ("How much is ...?" was always plus), and held-out
+# shapes failed. Built once at import time; the lists are indexed (``Problem.template``).
+# The held-out templates are written out below; crossed training shapes that equal one of them
+# up to name/pronoun are dropped (``_near``), so training never contains a held-out shape.
+_HELDOUT_ADD = (
+    "{name} has {a_x}, and then {pron} {vp} {b} more {b_n}. How many {xs} does {pron} have now?",
+    "{name} had {a_x}. {Pron} {vpast} {b} more of them. How many {xs} does {name} have in all now?",
+)
+_HELDOUT_SUB = (
+    "{name} had {a_x}, but then {pron} {vpast} {b} of them. How many {xs} are left now?",
+    "{name} has {a_x}. {Pron} {vp} {b_x}. How many {xs} does {pron} have now?",
+)
+_HELDOUT_MUL = (
+    "{name} has {a_cs}, and each {c} has {b_x} in it. How many {xs} does {pron} have in all?",
+    "{name} buys {a_cs}. There are {b_x} in each {c}. How many {xs} does {name} have now?",
+)
+_HELDOUT_BARE: tuple[tuple[str, Op], ...] = (
+    ("How much is {a} times {b}?", "*"),
+    ("How much is {a} minus {b}?", "-"),
+    ("Compute {a} times {b}.", "*"),
+    ("What is {a} and {b} added together?", "+"),
+)
+
+
+def _near(template: str) -> str:
+    """A template with name and pronoun fields merged: held-out shapes are compared this way."""
+    return template.replace("{Pron}", "{name}").replace("{pron}", "{name}")
+
+
+_HELDOUT_NEAR = {_near(t) for t in _HELDOUT_ADD + _HELDOUT_SUB + _HELDOUT_MUL} | {
+    t for t, _ in _HELDOUT_BARE
 }
 
-SUB_TEMPLATES: dict[Split, tuple[str, ...]] = {
-    "train": (
-        "{name} has {a_x}. {Pron} {vp} {b} of them. How many {xs} does {name} have left?",
-        "{name} had {a_x} and {vpast} {b}. How many {xs} does {pron} have now?",
-        "{name} has {a_x} and {vp} {b_x}. How many {xs} does {name} have left?",
-        "{name} starts with {a_x}. Then {pron} {vp} {b}. How many {xs} does {pron} have left?",
-        "If {name} has {a_x} and {vp} {b}, how many {xs} does {name} have left?",
-        "{name} had {a_x}. Then {pron} {vpast} {b_x}. How many {xs} are left?",
-        "{name} had {a_x}, but {pron} {vpast} {b}. How many {xs} does {pron} have left?",
-    ),
-    "heldout": (
-        "{name} had {a_x}, but then {pron} {vpast} {b} of them. How many {xs} are left now?",
-        "{name} has {a_x}. {Pron} {vp} {b_x}. How many {xs} does {pron} have now?",
-    ),
-}
+# Word-problem frames: an opening with the verb clause {V} (present {vp} or past {vpast} form,
+# then one of the operation's object phrases), and a question. Every frame and every question
+# occur with both add and sub verbs; only "more" is add-only (it is an addition word itself).
+_OPENINGS_PRESENT = (
+    "{name} has {a_x}. {Pron} {V}.",
+    "{name} has {a_x} and {V}.",
+    "{name} starts with {a_x}. Then {pron} {V}.",
+    "{name} has {a_x}, and then {pron} {V}.",
+    "{name} has {a_x}, but then {pron} {V}.",
+)
+_OPENINGS_PAST = (
+    "{name} had {a_x}. {Pron} {V}.",
+    "{name} had {a_x} and {V}.",
+    "{name} had {a_x}. Then {pron} {V}.",
+    "{name} had {a_x}, and {pron} {V}.",
+    "{name} had {a_x}, but then {pron} {V}.",
+)
+_QUESTIONS = (
+    "How many {xs} does {name} have now?",
+    "How many {xs} does {pron} have now?",
+    "How many {xs} does {name} have left?",
+    "How many {xs} does {pron} have left?",
+    "How many {xs} does {name} have in all?",
+    "How many {xs} does {pron} have?",
+    "How many {xs} are left?",
+    "How many {xs} are there now?",
+)
+_ADD_OBJECTS = ("{b} more", "{b} more {b_n}", "{b_x}", "{b}")
+_SUB_OBJECTS = ("{b}", "{b_x}", "{b} of them")
 
+
+def _cross_word(objects: tuple[str, ...], heldout: tuple[str, ...]) -> dict[Split, tuple[str, ...]]:
+    out: list[str] = []
+    for obj in objects:
+        for openings, verb in ((_OPENINGS_PRESENT, "{vp}"), (_OPENINGS_PAST, "{vpast}")):
+            clause = f"{verb} {obj}"
+            for opening in openings:
+                for question in _QUESTIONS:
+                    out.append(opening.replace("{V}", clause) + " " + question)
+            for question in _QUESTIONS[:6]:
+                if verb == "{vp}":
+                    tail = question.replace("How", "how", 1)
+                    out.append(f"If {{name}} has {{a_x}} and {clause}, {tail}")
+    return {"train": tuple(t for t in out if _near(t) not in _HELDOUT_NEAR), "heldout": heldout}
+
+
+ADD_TEMPLATES: dict[Split, tuple[str, ...]] = _cross_word(_ADD_OBJECTS, _HELDOUT_ADD)
+SUB_TEMPLATES: dict[Split, tuple[str, ...]] = _cross_word(_SUB_OBJECTS, _HELDOUT_SUB)
+
+_MUL_BODIES = (
+    "{name} has {a_cs} with {b_x} in each {c}.",
+    "{name} buys {a_cs} of {xs}. Each {c} has {b_x}.",
+    "{name} has {a_cs}. Each {c} holds {b_x}.",
+    "{name} fills {a_cs} with {b_x} each.",
+    "There are {b_x} in each {c}. {name} has {a_cs}.",
+    "{name} has {a_cs}, each with {b_x}.",
+)
 MUL_TEMPLATES: dict[Split, tuple[str, ...]] = {
-    "train": (
-        "{name} has {a_cs} with {b_x} in each {c}. How many {xs} does {name} have?",
-        "{name} buys {a_cs} of {xs}. Each {c} has {b_x}. How many {xs} does {pron} have in all?",
-        "{name} has {a_cs}. Each {c} holds {b_x}. How many {xs} are there in all?",
-        "{name} fills {a_cs} with {b_x} each. How many {xs} does {pron} have?",
-        "There are {b_x} in each {c}. {name} has {a_cs}. How many {xs} does {name} have?",
-        "{name} has {a_cs}, each with {b_x}. How many {xs} does {name} have in all?",
+    "train": tuple(
+        t
+        for t in (f"{body} {q}" for body in _MUL_BODIES for q in _QUESTIONS if "left" not in q)
+        if _near(t) not in _HELDOUT_NEAR
     ),
-    "heldout": (
-        "{name} has {a_cs}, and each {c} has {b_x} in it. How many {xs} does {pron} have in all?",
-        "{name} buys {a_cs}. There are {b_x} in each {c}. How many {xs} does {name} have now?",
-    ),
+    "heldout": _HELDOUT_MUL,
 }
 
-# Bare questions: (template, op); the expression always lists a first, as "a op b".
+# Bare questions: every frame with every operator phrase; the expression lists a first, "a op b".
+_BARE_FRAMES = (
+    "What is {p}?",
+    "How much is {p}?",
+    "Compute {p}.",
+    "Calculate {p}.",
+    "Tell me {p}.",
+)
+_BARE_PHRASES: tuple[tuple[str, Op], ...] = (
+    ("{a} plus {b}", "+"),
+    ("{a} + {b}", "+"),
+    ("{b} added to {a}", "+"),
+    ("the sum of {a} and {b}", "+"),
+    ("{a} minus {b}", "-"),
+    ("{a} - {b}", "-"),
+    ("{b} subtracted from {a}", "-"),
+    ("{a} take away {b}", "-"),
+    ("{a} times {b}", "*"),
+    ("{a} * {b}", "*"),
+    ("{a} multiplied by {b}", "*"),
+    ("the product of {a} and {b}", "*"),
+)
 BARE_TEMPLATES: dict[Split, tuple[tuple[str, Op], ...]] = {
-    "train": (
-        ("What is {a} plus {b}?", "+"),
-        ("What is {a} minus {b}?", "-"),
-        ("What is {a} times {b}?", "*"),
-        ("What is {a} + {b}?", "+"),
-        ("What is {a} - {b}?", "-"),
-        ("What is {a} * {b}?", "*"),
-        ("How much is {a} plus {b}?", "+"),
-        ("What is the sum of {a} and {b}?", "+"),
-        ("What is the product of {a} and {b}?", "*"),
-        ("What is {a} multiplied by {b}?", "*"),
-        ("What is {b} subtracted from {a}?", "-"),
-        ("What is {b} added to {a}?", "+"),
-        ("Compute {a} minus {b}.", "-"),
-        ("Compute {a} plus {b}.", "+"),
+    "train": tuple(
+        (frame.replace("{p}", phrase), op)
+        for frame in _BARE_FRAMES
+        for phrase, op in _BARE_PHRASES
+        if frame.replace("{p}", phrase) not in _HELDOUT_NEAR
     ),
-    "heldout": (
-        ("How much is {a} times {b}?", "*"),
-        ("How much is {a} minus {b}?", "-"),
-        ("Compute {a} times {b}.", "*"),
-        ("What is {a} and {b} added together?", "+"),
-    ),
+    "heldout": _HELDOUT_BARE,
 }
 
 KIND_WEIGHTS: dict[str, float] = {"add": 0.25, "sub": 0.25, "mul": 0.2, "bare": 0.3}

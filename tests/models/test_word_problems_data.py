@@ -50,6 +50,8 @@ def test_expression_value_and_sentence_agree(sample: tuple[str, list]) -> None:
 
 def test_every_kind_and_template_is_used(sample: tuple[str, list]) -> None:
     split, problems = sample
+    if split == "train":  # hundreds of crossed training shapes: a larger sample covers them all
+        problems = gen.problems(7, 30000, split)
     used = {(p.kind, p.template) for p in problems}
     expected = {
         ("add", len(gen.ADD_TEMPLATES[split])),
@@ -185,3 +187,39 @@ def test_tokenizer_digit_modes(mode: str, pieces: list[str]) -> None:
     assert tok.decode(encoding.ids) == text
     start = encoding.tokens.index("Ġhas") + 1
     assert encoding.tokens[start : start + len(pieces)] == pieces
+
+
+def _frame(template: str) -> str:
+    """A template with its operation words blanked: the sentence shape alone."""
+    for word in ("{vp}", "{vpast}", " more", "{b_n}", "{b_x}", " of them"):
+        template = template.replace(word, "")
+    return template
+
+
+def test_every_training_shape_occurs_with_add_and_sub() -> None:
+    add = {_frame(t) for t in gen.ADD_TEMPLATES["train"]}
+    sub = {_frame(t) for t in gen.SUB_TEMPLATES["train"]}
+    assert len(add & sub) > 100
+    questions = {t.rsplit(". ", 1)[-1] for t in gen.SUB_TEMPLATES["train"]}
+    assert "How many {xs} does {name} have now?" in questions
+    assert "How many {xs} does {name} have in all?" in questions
+
+
+@pytest.mark.parametrize("frame", ["What is ", "How much is ", "Compute ", "Calculate "])
+def test_every_bare_frame_occurs_with_every_operation(frame: str) -> None:
+    ops = {op for t, op in gen.BARE_TEMPLATES["train"] if t.startswith(frame)}
+    assert ops == {"+", "-", "*"}
+
+
+def test_heldout_shapes_never_in_training() -> None:
+    def near(t: str) -> str:
+        return t.replace("{Pron}", "{name}").replace("{pron}", "{name}")
+
+    for pools in (gen.ADD_TEMPLATES, gen.SUB_TEMPLATES, gen.MUL_TEMPLATES):
+        held = {near(t) for t in pools["heldout"]}
+        for other in (gen.ADD_TEMPLATES, gen.SUB_TEMPLATES, gen.MUL_TEMPLATES):
+            assert not held & {near(t) for t in other["train"]}
+    bare_held = {t for t, _ in gen.BARE_TEMPLATES["heldout"]}
+    assert not bare_held & {t for t, _ in gen.BARE_TEMPLATES["train"]}
+    questions = {p.question for p in gen.problems(0, 3000)}
+    assert not questions & {p.question for p in gen.problems(0, 500, "heldout")}
