@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,15 +71,7 @@ class LlamaRunner:
     ) -> Iterator[Chunk]:
         stream = self.context.generate(
             tokens,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            repeat_penalty=params.repeat_penalty,
-            seed=params.seed,
-            stop=params.stop,
-            grammar=params.grammar,
+            **asdict(params),
             cancel=cancel,
         )
         try:
@@ -118,15 +111,7 @@ class LlamaRunner:
         for start in range(0, len(prompts), batch_size):
             outs = ctx.generate_batch(
                 prompts[start : start + batch_size],
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=params.min_p,
-                repeat_penalty=params.repeat_penalty,
-                seed=params.seed,
-                stop=params.stop,
-                grammar=params.grammar,
+                **asdict(params),
                 cancel=cancel,
             )
             chunks.extend(Chunk(o.text, o.stats.completion_tokens) for o in outs)

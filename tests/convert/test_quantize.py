@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -21,17 +21,6 @@ from edge_stack.errors import (
     OutputExistsError,
     QuantizeError,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny models are fastest on one thread, and the suite shares two CPUs."""
-    from edge_stack._env import settings
-
-    monkeypatch.setenv("EDGESTACK_THREADS", "1")
-    settings.cache_clear()
-    yield
-    settings.cache_clear()
 
 
 def _file_type(path: Path) -> int:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +22,6 @@ from edge_stack.convert.verify import (
     verify,
 )
 from edge_stack.errors import BadArgument, ModelFileNotFound
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny models are fastest on one thread, and the suite shares two CPUs."""
-    from edge_stack._env import settings
-
-    monkeypatch.setenv("EDGESTACK_THREADS", "1")
-    settings.cache_clear()
-    yield
-    settings.cache_clear()
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

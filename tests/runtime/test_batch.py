@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from edge_stack import Stack
 from edge_stack._llama import LlamaContext, LlamaModel
 from edge_stack._llama_batch import BatchContext
 from edge_stack.errors import BadArgument, ContextOverflowError, EngineError
-
-from stack_builders import three_stage_stack
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
@@ -30,24 +27,6 @@ QUESTIONS = [
     "<|endoftext|> stays text",
     "ünïcödé ✓",
 ]
-
-
-@pytest.fixture(scope="module")
-def base_gguf(tiny_gguf: Callable[..., Path]) -> Path:
-    return tiny_gguf("gptneox", "q8_0")
-
-
-@pytest.fixture(scope="module")
-def stack_path(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], Path], base_gguf: Path
-) -> Path:
-    return three_stage_stack(tmp_path_factory, tiny_model("gptneox"), base_gguf)
-
-
-@pytest.fixture(scope="module")
-def stack(stack_path: Path) -> Iterator[Stack]:
-    with Stack.load(stack_path, threads=1) as loaded:
-        yield loaded
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import codecs
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edge_stack.errors import (
 )
 from edge_stack.manifest import load_manifest
 
-from stack_builders import random_lora, three_stage_stack, write_stack
+from stack_builders import random_lora, write_stack
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
@@ -39,24 +38,6 @@ QUESTIONS = [
     "What is 3 times 4?",
     "Ann has 5 bags with 6 marbles in each bag.",
 ]
-
-
-@pytest.fixture(scope="module")
-def base_gguf(tiny_gguf: Callable[..., Path]) -> Path:
-    return tiny_gguf("gptneox", "q8_0")
-
-
-@pytest.fixture(scope="module")
-def stack_path(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], Path], base_gguf: Path
-) -> Path:
-    return three_stage_stack(tmp_path_factory, tiny_model("gptneox"), base_gguf)
-
-
-@pytest.fixture(scope="module")
-def stack(stack_path: Path) -> Stack:
-    with Stack.load(stack_path, threads=1) as loaded:
-        yield loaded  # type: ignore[misc]
 
 
 def _direct_llama_cpp(
