@@ -29,12 +29,12 @@ prompts are checked exactly as stack.toml checks them (:mod:`edge_stack.manifest
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_stack._toml import read_toml
 from edge_stack.errors import HubError, ManifestError, ModelFileNotFound
 from edge_stack.manifest import STAGE_KEYS, StackSpec, parse_manifest
 
@@ -342,12 +342,5 @@ def load_recipe(path: str | os.PathLike[str], *, check_files: bool = True) -> Re
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "does not exist"
         raise ModelFileNotFound(f"recipe {p} {what}; pass a recipe .toml file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{p}: not UTF-8 text ({exc}); save the recipe as UTF-8") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{p}: TOML syntax error: {exc}") from None
+    data = read_toml(p, "recipe")
     return parse_recipe(data, p, check_files=check_files)

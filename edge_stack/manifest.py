@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._render import Template, TemplateSyntaxError, parse_template
+from ._toml import read_toml
 from .errors import ManifestError, ModelFileNotFound
 
 __all__ = ["STAGE_KEYS", "StackSpec", "StageSpec", "load_manifest", "parse_manifest"]
@@ -407,15 +407,5 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StackSpec:
         raise ModelFileNotFound(
             f"stack manifest {p} does not exist; pass a stack.toml or a stack folder"
         )
-    try:
-        raw = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{p}: not UTF-8 text ({exc}); save the manifest as UTF-8") from None
-    try:
-        data = tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        if "line" not in msg:
-            msg += f" (line {raw.count(chr(10)) + 1})"
-        raise ManifestError(f"{p}: TOML syntax error: {msg}") from None
+    data = read_toml(p, "manifest")
     return parse_manifest(data, p, check_files=check_files)
