@@ -133,7 +133,9 @@ def pythia_checkpoint() -> Path:
     return ckpt
 
 
-def stack_160m(*, max_tokens: int = STAGE_TOKENS, n_ctx: int = 512) -> Path:
+def stack_160m(
+    *, max_tokens: int = STAGE_TOKENS, n_ctx: int = 512, kv_cache_type: str = "f16"
+) -> Path:
     """The four-stage Pythia-160M-shaped Q8_0 stack (built once); returns its stack.toml."""
     from lora_modes import write_adapter
 
@@ -161,6 +163,7 @@ def stack_160m(*, max_tokens: int = STAGE_TOKENS, n_ctx: int = 512) -> Path:
         "temperature = 0.0",
         f"max_tokens = {max_tokens}",
         f"n_ctx = {n_ctx}",
+        f'kv_cache_type = "{kv_cache_type}"',
     ]
     for name in STAGES:
         prompt = _PROMPTS[name].format(i=INSTRUCTION.strip())
@@ -170,7 +173,7 @@ def stack_160m(*, max_tokens: int = STAGE_TOKENS, n_ctx: int = 512) -> Path:
             f'lora = "{name}.lora.gguf"',
             f'prompt = """{prompt}"""',
         ]
-    toml = root / f"stack-{max_tokens}-{n_ctx}.toml"
+    toml = root / f"stack-{max_tokens}-{n_ctx}-{kv_cache_type}.toml"
     text = "\n".join(lines) + "\n"
     if not toml.exists() or toml.read_text() != text:
         toml.write_text(text)
@@ -190,12 +193,12 @@ def ratio_line(label: str, value: float, goal: str) -> str:
     return f"{label}: {value:.2f} (goal {goal})"
 
 
-def one_stage_160m() -> Path:
+def one_stage_160m(kv_cache_type: str = "f16") -> Path:
     """A stack.toml with only the first stage of :func:`stack_160m` (same files)."""
-    full = stack_160m()
+    full = stack_160m(kv_cache_type=kv_cache_type)
     text = full.read_text()
     cut = text.index("[[stages]]", text.index("[[stages]]") + 1)
-    one = full.parent / "stack-one.toml"
+    one = full.parent / f"stack-one-{kv_cache_type}.toml"
     if not one.exists() or one.read_text() != text[:cut]:
         one.write_text(text[:cut].replace('name = "bench-160m"', 'name = "bench-160m-one"'))
     return one

@@ -63,13 +63,16 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def _kv_bytes(lib: Any, model: Any, ctx: Any) -> int:
+def _kv_bytes(lib: Any, model: Any, ctx: Any, kv_cache_type: str) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
     n_layer = lib.llama_model_n_layer(model)
     n_embd = lib.llama_model_n_embd(model)
     n_head = lib.llama_model_n_head(model)
     n_head_kv = lib.llama_model_n_head_kv(model)
     row = n_embd // max(n_head, 1) * n_head_kv
-    return int(lib.llama_n_ctx(ctx)) * n_layer * 2 * row * 2  # K and V, f16
+    return int(lib.llama_n_ctx(ctx)) * n_layer * 2 * row * size // block  # K and V
 
 
 def run_bench(
@@ -139,7 +142,10 @@ def run_bench(
                     runner = engine.runner(n)
                     ctx = runner.context._live()
                     stage_mem[n] = {
-                        "kv_cache_mb": _kv_bytes(lib, runner.model.ptr, ctx) / 1e6,
+                        "kv_cache_mb": _kv_bytes(
+                            lib, runner.model.ptr, ctx, runner.stage.kv_cache_type
+                        )
+                        / 1e6,
                         "state_mb": lib.llama_state_get_size(ctx) / 1e6,
                     }
                 adapters = {s.lora for s in spec.stages if s.lora is not None}

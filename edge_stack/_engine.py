@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from ._backend import Chunk, GenerationParams
 from ._env import settings
 from ._pins import check_pin
-from ._render import Rendered, tokenize_rendered
+from ._prompt_cache import PromptCache
+from ._render import Rendered, Segment, tokenize_rendered
 from .errors import EdgeStackError
 from .manifest import StackSpec, StageSpec
 
@@ -42,11 +43,16 @@ class LlamaRunner:
         context: LlamaContext,
         *,
         threads: int | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.stage = stage
         self.model = model
         self.context = context
         self._threads = threads
+        self._prompt_cache = prompt_cache
+        #: the template's fixed start, tokenized, once the first prompt has been seen
+        self._fixed: list[int] | None = None
+        self._to_save: list[int] = []
         #: the context for batched calls, made on first use (its KV cache holds n_seq prompts)
         self.batch_context: BatchContext | None = None
         # Only the specials the template can contain matter for splitting it.
@@ -69,6 +75,8 @@ class LlamaRunner:
     def generate(
         self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
     ) -> Iterator[Chunk]:
+        if self._fixed is None:
+            self._to_save = self._first_call(tokens)
         stream = self.context.generate(
             tokens,
             **asdict(params),
@@ -80,6 +88,40 @@ class LlamaRunner:
                 yield Chunk(item.text, 0 if item.id < 0 else 1)
         finally:
             stream.close()
+        # Saved once this prompt has been evaluated in whole (not after a cancel or an error).
+        done = self.context.last_stats.finish_reason not in ("", "cancelled")
+        if self._to_save and self._prompt_cache is not None and done:
+            self._prompt_cache.store(self.context, self._to_save)
+            self._to_save = []
+
+    def _first_call(self, tokens: Sequence[int]) -> list[int]:
+        """On the first call, restore the fixed prompt start from the prompt cache; returns the
+        tokens to save after this call when they were not there (else [])."""
+        if self._prompt_cache is None:
+            return []
+        self._fixed = self._fixed_start()
+        # The last token of the fixed text may merge with what follows it: only the common
+        # part counts, in whole micro-batches (the only part a context reuses).
+        n = 0
+        for a, b in zip(self._fixed[:-1], tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(tokens) - 1) // self.context.n_ubatch * self.context.n_ubatch
+        if n == 0 or self.context.cached_tokens:
+            return []
+        prefix = [int(t) for t in tokens[:n]]
+        return [] if self._prompt_cache.restore(self.context, prefix) else prefix
+
+    def _fixed_start(self) -> list[int]:
+        head = []
+        for part in self.stage.template.parts:
+            if not isinstance(part, str):
+                break
+            head.append(part)
+        if not head:
+            return []
+        return self.tokenize(Rendered((Segment("".join(head), inserted=False),)))
 
     def generate_batch(
         self,
@@ -106,6 +148,7 @@ class LlamaRunner:
                 n_threads=self._threads,
                 lora=self.stage.lora,
                 lora_scale=self.stage.lora_scale,
+                kv_cache_type=self.stage.kv_cache_type,
             )
         chunks: list[Chunk] = []
         for start in range(0, len(prompts), batch_size):
@@ -149,6 +192,11 @@ class Engine:
         if verbose:
             set_llama_logging(True)
         self.spec = spec
+        cache = (
+            None
+            if settings().no_prompt_cache
+            else PromptCache(settings().data_dir / "prompt-cache")
+        )
         self.models: dict[Path, LlamaModel] = {}
         self.runners: dict[str, LlamaRunner] = {}
         #: seconds each stage took to load (its model, if first to use it, and its context)
@@ -176,10 +224,13 @@ class Engine:
                         n_threads=threads,
                         lora=stage.lora,
                         lora_scale=stage.lora_scale,
+                        kv_cache_type=stage.kv_cache_type,
                     )
                 except EdgeStackError as exc:
                     raise _in_stage(exc, where) from exc
-                self.runners[stage.name] = LlamaRunner(stage, model, context, threads=threads)
+                self.runners[stage.name] = LlamaRunner(
+                    stage, model, context, threads=threads, prompt_cache=cache
+                )
                 self.load_seconds[stage.name] = time.perf_counter() - started
                 logger.debug(
                     "stage %s: %s%s, n_ctx %d",

@@ -43,6 +43,8 @@ class Settings:
     data_dir: Path
     #: EDGESTACK_THREADS: default thread count for llama.cpp
     threads: int | None
+    #: EDGESTACK_NO_PROMPT_CACHE=1: do not keep stages' fixed prompt starts on disk
+    no_prompt_cache: bool = False
 
 
 @cache
@@ -57,6 +59,7 @@ def settings() -> Settings:
         verbose=_flag(os.environ.get("EDGESTACK_VERBOSE")),
         data_dir=_data_dir(),
         threads=int(threads) if threads.isdigit() and int(threads) > 0 else None,
+        no_prompt_cache=_flag(os.environ.get("EDGESTACK_NO_PROMPT_CACHE")),
     )
 
 

@@ -176,6 +176,43 @@ class LlamaModel:
             self._metadata = out
         return dict(self._metadata)
 
+    def head_dims(self) -> tuple[int, int]:
+        """Size of one attention head's key and value vectors (what a KV cache row holds)."""
+        import gguf
+
+        meta = self.metadata()
+        arch = meta.get(gguf.Keys.General.ARCHITECTURE, "")
+        lib = _lib()
+        default = lib.llama_model_n_embd(self.ptr) // max(1, lib.llama_model_n_head(self.ptr))
+        dims = []
+        for key in (gguf.Keys.Attention.KEY_LENGTH, gguf.Keys.Attention.VALUE_LENGTH):
+            value = meta.get(key.format(arch=arch), "")
+            dims.append(int(value) if value.isdigit() else default)
+        return dims[0], dims[1]
+
+    def kv_cache_type_id(self, name: str) -> int:
+        """The ggml type id of KV cache type ``name`` ("f16", "q8_0", ...) for this model.
+
+        llama.cpp aborts the process when a quantized cache row is not a whole number of
+        blocks, so head sizes are checked here first.
+        """
+        import gguf
+
+        try:
+            qtype = gguf.GGMLQuantizationType[name.upper()]
+        except KeyError:
+            raise EngineError(f"unknown KV cache type {name!r}; use f16, q8_0 or q4_0") from None
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if block > 1:
+            for what, dim in zip(("key", "value"), self.head_dims(), strict=True):
+                if dim % block:
+                    raise EngineError(
+                        f"KV cache type {name} stores rows in blocks of {block} values, but "
+                        f"{self.path.name} has attention heads of {dim} {what} values; "
+                        'use kv_cache_type = "f16" for this model'
+                    )
+        return int(qtype)
+
     def close(self) -> None:
         """Free the model (and first every context still using it). Safe to call twice."""
         if self._ptr is None:

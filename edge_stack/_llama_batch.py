@@ -65,6 +65,7 @@ class BatchContext(LlamaContext):
         flash_attn: bool = True,
         lora: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
+        kv_cache_type: str = "f16",
     ) -> None:
         if not 1 <= n_seq <= MAX_SEQ:
             raise EngineError(f"a batch holds 1 to {MAX_SEQ} sequences, not {n_seq}")
@@ -80,6 +81,7 @@ class BatchContext(LlamaContext):
             flash_attn=flash_attn,
             lora=lora,
             lora_scale=lora_scale,
+            kv_cache_type=kv_cache_type,
         )
 
     @property

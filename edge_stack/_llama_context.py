@@ -94,8 +94,10 @@ class LlamaContext:
         flash_attn: bool = True,
         lora: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
+        kv_cache_type: str = "f16",
     ) -> None:
         lib = _lib()
+        kv_type = model.kv_cache_type_id(kv_cache_type)
         if min(n_ctx, n_batch, n_ubatch) < 1:
             raise EngineError(
                 f"n_ctx ({n_ctx}), n_batch ({n_batch}) and n_ubatch ({n_ubatch}) must be positive"
@@ -107,6 +109,9 @@ class LlamaContext:
         # Tokens per llama_decode call: whole micro-batches, so each call starts on a boundary.
         self.n_batch = min(n_batch, n_ctx) // self.n_ubatch * self.n_ubatch
         self.lora = Path(lora) if lora is not None else None
+        self.kv_cache_type = kv_cache_type
+        self.lora_scale = lora_scale
+        self.flash_attn = flash_attn
         threads = n_threads or default_threads()
         self._lock = threading.Lock()
         self._call = itertools.count(1)
@@ -130,6 +135,7 @@ class LlamaContext:
         if self._n_seq > 1:
             params.kv_unified = self._kv_unified
         params.n_threads = params.n_threads_batch = threads
+        params.type_k = params.type_v = kv_type
         params.flash_attn_type = (
             lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
@@ -193,6 +199,57 @@ class LlamaContext:
             _lib().llama_memory_clear(self._mem, True)
             self._tokens = []
             self._reusable = 0
+
+    def save_prefix(self, path: str | os.PathLike[str], n_tokens: int) -> bool:
+        """Write the KV state of the first ``n_tokens`` cached tokens to ``path``; True if written.
+
+        Only a reusable prefix (whole prompt micro-batches, see the class docstring) is saved, so
+        loading it gives what a fresh evaluation gives. The cache after it is dropped first.
+        """
+        with self._lock:
+            self._live()
+            if not 0 < n_tokens <= self._reusable or n_tokens % self.n_ubatch:
+                return False
+            lib = _lib()
+            if len(self._tokens) > n_tokens:
+                if not lib.llama_memory_seq_rm(self._mem, 0, n_tokens, -1):
+                    return False
+                self._tokens = self._tokens[:n_tokens]
+            ids = (ctypes.c_int32 * n_tokens)(*self._tokens)
+            with llama_errors() as errors:
+                written = lib.llama_state_seq_save_file(
+                    self._ctx, os.fsencode(path), 0, ids, n_tokens
+                )
+            if not written:
+                log.debug("could not save the prompt state to %s: %s", path, reason(errors))
+            return bool(written)
+
+    def load_prefix(self, path: str | os.PathLike[str], tokens: Sequence[int]) -> bool:
+        """Replace the cache by the state :meth:`save_prefix` wrote for ``tokens``; True if loaded.
+
+        Anything else in the file (other tokens, another model's shapes, a damaged file) leaves
+        the cache empty and returns False.
+        """
+        n = len(tokens)
+        with self._lock:
+            self._live()
+            lib = _lib()
+            lib.llama_memory_clear(self._mem, True)
+            self._tokens, self._reusable = [], 0
+            if n == 0 or n % self.n_ubatch:
+                return False
+            got = (ctypes.c_int32 * n)()
+            count = ctypes.c_size_t(0)
+            with llama_errors() as errors:
+                read = lib.llama_state_seq_load_file(
+                    self._ctx, os.fsencode(path), 0, got, n, ctypes.byref(count)
+                )
+            if not read or count.value != n or list(got) != list(tokens):
+                log.debug("prompt state %s not used: %s", path, reason(errors, "other tokens"))
+                lib.llama_memory_clear(self._mem, True)
+                return False
+            self._tokens, self._reusable = [int(t) for t in tokens], n
+            return True
 
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits for every position of ``tokens``: float32 array ``(len(tokens), n_vocab)``.

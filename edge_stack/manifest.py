@@ -49,6 +49,9 @@ MANIFEST_VERSION = 1
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RESERVED = {"question"}
+#: what llama.cpp's KV cache can hold (its -ctk/-ctv choices); quantized types need heads whose
+#: size is a multiple of 32
+KV_CACHE_TYPES = ("f16", "f32", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class StageSpec:
     seed: int | None = None
     grammar: str | None = None
     n_ctx: int = 512
+    kv_cache_type: str = "f16"
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,12 @@ def _stop(v: object) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _kv_cache_type(v: object) -> str:
+    if not isinstance(v, str) or v.strip().lower() not in KV_CACHE_TYPES:
+        raise ValueError(f"must be one of {', '.join(KV_CACHE_TYPES)}, got {v!r}")
+    return v.strip().lower()
+
+
 def _sha256(v: object) -> str:
     if not isinstance(v, str) or not _SHA256.fullmatch(v.strip().lower()):
         raise ValueError(f"must be 64 hexadecimal digits (the output of sha256sum), got {v!r}")
@@ -209,6 +219,7 @@ STAGE_KEYS: dict[str, Callable[[object], Any]] = {
     "seed": _int_range(0, 2**32 - 2),
     "grammar": _nonempty_str,
     "n_ctx": _int_range(16, 1 << 20),
+    "kv_cache_type": _kv_cache_type,
 }
 _TOP_KEYS = {"name", "description", "version", "defaults", "stages"}
 

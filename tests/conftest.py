@@ -18,7 +18,13 @@ def _isolated_env(
     monkeypatch.setenv("EDGESTACK_HOME", str(tmp_path_factory.mktemp("edgestack-home")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    for name in ("EDGESTACK_STACK", "EDGESTACK_DEBUG", "EDGESTACK_NO_LOG", "EDGESTACK_VERBOSE"):
+    for name in (
+        "EDGESTACK_STACK",
+        "EDGESTACK_DEBUG",
+        "EDGESTACK_NO_LOG",
+        "EDGESTACK_VERBOSE",
+        "EDGESTACK_NO_PROMPT_CACHE",
+    ):
         monkeypatch.delenv(name, raising=False)
     # One thread: the suite runs on small shared CI machines, and results do not depend on it.
     monkeypatch.setenv("EDGESTACK_THREADS", "1")

@@ -23,6 +23,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"tie_word_embeddings": True, "attention_bias": False},
     ),
     "gptneox-full-rotary": ("gptneox", "pythia", {"rotary_pct": 1.0}),
+    # heads of 32 values: the smallest that a quantized (q8_0, q4_0) KV cache can hold
+    "gptneox-wide-heads": ("gptneox", "pythia", {"num_attention_heads": 2}),
     "llama": ("llama", "llama3", {}),
     "llama-tied-mha": ("llama", "smollm", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
     "qwen2": ("qwen2", "qwen2", {}),
@@ -42,7 +44,7 @@ def _config(arch: str, n_vocab: int, overrides: dict[str, Any]) -> Any:
 
     if arch == "gptneox":
         rotary_pct = overrides.pop("rotary_pct", 0.25)
-        cfg = GPTNeoXConfig(vocab_size=n_vocab, intermediate_size=256, **SMALL, **overrides)
+        cfg = GPTNeoXConfig(vocab_size=n_vocab, intermediate_size=256, **(SMALL | overrides))
         # transformers 5 keeps this in rope_parameters; 4.x had rotary_pct. Set whichever exists.
         params = getattr(cfg, "rope_parameters", None)
         if isinstance(params, dict):
@@ -50,7 +52,7 @@ def _config(arch: str, n_vocab: int, overrides: dict[str, Any]) -> Any:
         else:
             cfg.rotary_pct = rotary_pct
         return cfg
-    base = {"vocab_size": n_vocab, "intermediate_size": 128, "num_key_value_heads": 2, **SMALL}
+    base = {"vocab_size": n_vocab, "intermediate_size": 128, "num_key_value_heads": 2} | SMALL
     base.update(overrides)
     if arch == "llama":
         return LlamaConfig(**base)

@@ -6,6 +6,7 @@ import codecs
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -397,3 +398,25 @@ def test_grammar_and_stop_on_real_llama(stack_path: Path, tmp_path: Path) -> Non
     digits, cut = answer.stages
     assert len(digits.output) == 6 and digits.output.isdigit()
     assert cut.output == "aaa"  # the stop string and what follows are not part of the output
+
+
+def test_kv_cache_type_reaches_every_context(
+    tmp_path: Path, base_gguf: Path, tiny_gguf: Callable[..., Path]
+) -> None:
+    from edge_stack._bench import run_bench
+
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "model.gguf").write_bytes(tiny_gguf("gptneox-wide-heads", "q8_0").read_bytes())
+    (wide / "stack.toml").write_text(ONE_STAGE + 'kv_cache_type = "q8_0"\nmax_tokens = 4\n')
+    with Stack.load(wide / "stack.toml", threads=1) as stack:
+        assert stack._backend.runner("only").context.kv_cache_type == "q8_0"
+        assert stack.ask("Tom has 12 apples").stages[0].completion_tokens >= 1
+    q8 = run_bench(wide / "stack.toml", runs=1, threads=1)
+    (wide / "stack.toml").write_text(ONE_STAGE + "max_tokens = 4\n")
+    f16 = run_bench(wide / "stack.toml", runs=1, threads=1)
+    assert q8["memory"]["kv_cache_mb"] < 0.6 * f16["memory"]["kv_cache_mb"]
+    # A model whose heads a quantized cache cannot hold: one line naming the stage and the fix.
+    path = _bad_stack(tmp_path, base_gguf.read_bytes(), 'kv_cache_type = "q4_0"\n')
+    with pytest.raises(EngineError, match=r"stage only: KV cache type q4_0 .* use kv_cache_type"):
+        Stack.load(path)

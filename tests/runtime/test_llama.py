@@ -399,3 +399,37 @@ def test_lora_attaches_to_its_own_context(tiny_gguf: Callable[..., Path], tmp_pa
             np.testing.assert_allclose(plain.eval_logits(ids), base_logits, atol=1e-4)
         with pytest.raises(ModelFileNotFound):
             LlamaContext(model, n_ctx=64, lora=tmp_path / "missing.lora.gguf")
+
+
+# -- KV cache type ---------------------------------------------------------------------------------
+
+
+def test_quantized_kv_cache_halves_the_cache_and_stays_exact_across_calls(
+    tiny_gguf: Callable[..., Path],
+) -> None:
+    """q8_0 KV: half the state of f16, logits close to f16's, and still independent of history."""
+    from edge_stack._llama_lib import lib
+
+    with LlamaModel.load(tiny_gguf("gptneox-wide-heads")) as model:
+        assert model.head_dims() == (32, 32)
+        target = _ids(model, PREFIX + PROMPT)
+        logits, sizes = {}, {}
+        for kind in ("f16", "q8_0"):
+            with LlamaContext(model, n_ctx=256, n_threads=1, kv_cache_type=kind) as ctx:
+                list(ctx.generate(target, max_tokens=1))
+                logits[kind] = ctx.last_logits()
+                sizes[kind] = lib().llama_state_get_size(ctx._live())
+                expected = [t.id for t in ctx.generate(target, max_tokens=12)]
+                list(ctx.generate(_ids(model, PROMPT * 2), max_tokens=12))
+                assert [t.id for t in ctx.generate(target, max_tokens=12)] == expected
+        assert sizes["q8_0"] < 0.6 * sizes["f16"]
+        np.testing.assert_allclose(logits["q8_0"], logits["f16"], atol=0.05)
+
+
+def test_kv_cache_type_errors_are_clear(neox: LlamaModel) -> None:
+    with pytest.raises(EngineError, match=r"blocks of 32.*heads of 16 key values.*f16"):
+        LlamaContext(neox, n_ctx=64, kv_cache_type="q8_0")
+    with pytest.raises(EngineError, match="unknown KV cache type 'q9'"):
+        LlamaContext(neox, n_ctx=64, kv_cache_type="q9")
+    with LlamaContext(neox, n_ctx=64, kv_cache_type="f32") as ctx:  # unquantized: any head size
+        assert len(list(ctx.generate(_ids(neox, PROMPT), max_tokens=3))) == 3

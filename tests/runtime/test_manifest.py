@@ -86,6 +86,7 @@ def test_every_stage_key_allowed_in_defaults(make_stack: MakeStack) -> None:
         seed = 7
         grammar = 'root ::= "a"'
         n_ctx = 64
+        kv_cache_type = "Q8_0"
         [[stages]]
         name = "only"
         """,
@@ -94,6 +95,7 @@ def test_every_stage_key_allowed_in_defaults(make_stack: MakeStack) -> None:
     (stage,) = load_manifest(path).stages
     assert stage.lora_scale == 0.5 and stage.sha256 == "ab" * 32 and stage.top_k == 5
     assert stage.seed == 7 and stage.grammar == 'root ::= "a"' and stage.n_ctx == 64
+    assert stage.kv_cache_type == "q8_0"
     assert load_manifest(path).name == path.parent.name  # name defaults to the folder
 
 
@@ -156,6 +158,10 @@ BAD = [
     ("version = 1\n[[stages]]\n" + STAGE + "repeat_penalty = 0\n", ["key 'repeat_penalty'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "seed = -1\n", ["key 'seed'"]),
     ("version = 1\n[[stages]]\n" + STAGE + "n_ctx = 4\n", ["key 'n_ctx'"]),
+    (
+        "version = 1\n[[stages]]\n" + STAGE + 'kv_cache_type = "q3_k"\n',
+        ["key 'kv_cache_type'", "one of f16, f32"],
+    ),
     (
         "version = 1\n[[stages]]\n" + STAGE + 'stop = "\\n"\n',
         ["key 'stop'", "list of non-empty strings"],
