@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -59,22 +60,39 @@ def convert(
             progress=progress,
         )
     if verify:
-        _verify_against_checkpoint(path, model, bool(merge_lora))
+        _verify_against_checkpoint(path, model, merge_lora or (), lora_scale)
     size = path.stat().st_size
     typer.echo(f"{path}\t{outtype}\t{size / 1e6:.1f} MB")
 
 
-def _verify_against_checkpoint(path: Path, model: str, merged: bool) -> None:
+def _verify_against_checkpoint(
+    path: Path, model: str, merge_lora: Sequence[str], lora_scale: float
+) -> None:
+    """Compare the output with its source: the checkpoint through transformers, or, with LoRA
+    merged in (which transformers alone cannot apply), an f32 conversion with the same merge."""
+    import tempfile
+
+    from edge_stack.convert import convert_checkpoint
     from edge_stack.convert.hub import resolve_model_dir
     from edge_stack.convert.verify import verify as run_verify
-    from edge_stack.errors import BadArgument, VerificationFailed
+    from edge_stack.errors import VerificationFailed
 
-    if merged:
-        raise BadArgument(
-            f"--verify compares with the plain checkpoint, but {path} has LoRA merged in; "
-            f"check it with: edgestack verify {path} --reference <a merged reference GGUF>"
-        )
-    report = run_verify(path, resolve_model_dir(model))
+    if not merge_lora:
+        source = f"{model}"
+        report = run_verify(path, resolve_model_dir(model))
+    else:
+        source = f"{model} with {', '.join(merge_lora)} merged (f32)"
+        with tempfile.TemporaryDirectory(prefix="edgestack-verify-") as tmp:
+            with progress_bar("converting the f32 reference") as progress:
+                reference = convert_checkpoint(
+                    model,
+                    Path(tmp) / "reference.f32.gguf",
+                    outtype="f32",
+                    merge_lora=merge_lora,
+                    lora_scale=lora_scale,
+                    progress=progress,
+                )
+            report = run_verify(path, reference)
     typer.echo(report.summary(), err=True)
     if not report.passed:
-        raise VerificationFailed(f"{path} disagrees with {model}: {report.summary()}")
+        raise VerificationFailed(f"{path} disagrees with {source}: {report.summary()}")
