@@ -6,6 +6,8 @@ The built, quantized stack is measured with ``edgestack eval`` instead::
 
     python models/word-problems/eval_reference.py --out /work/artifacts/word-problems
     python models/word-problems/eval_reference.py --out DIR --data models/word-problems/eval.jsonl
+    python models/word-problems/eval_reference.py --out DIR --compute-table   # compute stage alone
+    python models/word-problems/eval_reference.py --by-template report.json   # edgestack eval --json
     python models/word-problems/eval_reference.py --write-eval-jsonl models/word-problems/eval.jsonl
 """
 
@@ -43,6 +45,7 @@ class Case:
     question: str
     answer: int
     stage_outputs: dict[str, str] | None = None
+    template: str | None = None  # "add/0": kind and template index, when generated
 
 
 class Runner:
@@ -112,8 +115,13 @@ def load_baseline(out: Path) -> Runner:
 
 def generated_cases(n: int, split: generate.Split, seed: int) -> list[Case]:
     """``n`` distinct generated questions of ``split``."""
+
+    def key(p: generate.Problem) -> str:  # training shapes are thousands: by kind only
+        return f"{p.kind}/{p.template}" if split == "heldout" else p.kind
+
     return [
-        Case(p.question, p.value, p.stage_outputs) for p in generate.unique_problems(seed, n, split)
+        Case(p.question, p.value, p.stage_outputs, key(p))
+        for p in generate.unique_problems(seed, n, split)
     ]
 
 
@@ -126,6 +134,7 @@ def jsonl_cases(path: Path) -> list[Case]:
 def score(runner: Runner, cases: Sequence[Case]) -> dict[str, Any]:
     """Final-number accuracy, per-stage exact match (when known), seconds per question."""
     right, stage_right = 0, dict.fromkeys([s.name for s in runner.stages], 0)
+    by_template: dict[str, list[int]] = {}
     failures: list[dict[str, Any]] = []
     start = time.perf_counter()
     for case in cases:
@@ -133,6 +142,10 @@ def score(runner: Runner, cases: Sequence[Case]) -> dict[str, Any]:
         final = outputs[runner.stages[-1].name]
         ok = final_number(final) == case.answer
         right += ok
+        if case.template is not None:
+            tally = by_template.setdefault(case.template, [0, 0])
+            tally[0] += ok
+            tally[1] += 1
         for name, text in outputs.items():
             if case.stage_outputs is not None:
                 stage_right[name] += text == case.stage_outputs.get(name, text)
@@ -147,7 +160,72 @@ def score(runner: Runner, cases: Sequence[Case]) -> dict[str, Any]:
     }
     if cases and cases[0].stage_outputs is not None:
         report["stage_exact"] = {k: v / len(cases) for k, v in stage_right.items()}
+    if by_template:
+        report["by_template"] = {k: f"{r}/{n}" for k, (r, n) in sorted(by_template.items())}
     return report
+
+
+def compute_table(runner: Runner, *, adapter: bool = True, batch: int = 500) -> dict[str, Any]:
+    """Exact match of the compute stage alone on every expression the generator can write
+    (``generate.all_expressions``), by operator; ``adapter=False`` measures the bare base.
+    Greedy, two tokens (the number, then EOS or newline), batched: every prompt has one length."""
+    import contextlib
+
+    import torch
+
+    stage = next(s for s in runner.stages if s.name == "compute")
+    if runner.adapters:
+        runner.model.set_adapter(stage.name)
+    expressions = generate.all_expressions()
+    right: dict[str, list[int]] = {}
+    wrong: list[str] = []
+    off = runner.model.disable_adapter() if not adapter else contextlib.nullcontext()
+    with torch.no_grad(), off:
+        for start in range(0, len(expressions), batch):
+            chunk = expressions[start : start + batch]
+            prompts = [stages_mod.render(stage.template, {"extract": e}) for e in chunk]
+            want = [f" {generate.evaluate_expression(e)}" for e in chunk]
+            ids = torch.tensor([runner.tok.encode(p) for p in prompts])
+            first = runner.model(input_ids=ids).logits[:, -1].argmax(-1)
+            ids = torch.cat([ids, first[:, None]], dim=1)
+            second = runner.model(input_ids=ids).logits[:, -1].argmax(-1)
+            for e, w, a, b in zip(chunk, want, first.tolist(), second.tolist(), strict=True):
+                ok = runner.tok.decode([a]) == w and b in runner.stop_ids
+                tally = right.setdefault(e.split()[1], [0, 0])
+                tally[0] += ok
+                tally[1] += 1
+                if not ok and len(wrong) < 20:
+                    wrong.append(f"{e} -> {runner.tok.decode([a, b])!r}")
+    total = sum(r for r, _ in right.values()), sum(n for _, n in right.values())
+    return {
+        "accuracy": total[0] / total[1],
+        "n": total[1],
+        "by_operator": {op: round(r / n, 4) for op, (r, n) in right.items()},
+        "wrong_examples": wrong,
+    }
+
+
+def by_template(report_path: Path, *, n: int = 200, seed: int = 1234) -> dict[str, Any]:
+    """Right/total per held-out template of an ``edgestack eval --json`` report on eval.jsonl
+    (its questions are the generator's held-out ones, so each maps back to its template)."""
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    known = {p.question: p for p in generate.unique_problems(seed, n, "heldout")}
+    tally: dict[str, list[int]] = {}
+    wrong: list[dict[str, Any]] = []
+    for case in report["cases"]:
+        p = known[case["question"]]
+        key = f"{p.kind}/{p.template}"
+        counts = tally.setdefault(key, [0, 0])
+        counts[0] += case["correct"]
+        counts[1] += 1
+        if not case["correct"]:
+            stages = case.get("stages", {})
+            wrong.append({"template": key, "question": p.question, "want": p.expression, **stages})
+    return {
+        "accuracy": report["accuracy"],
+        "by_template": {k: f"{r}/{t}" for k, (r, t) in sorted(tally.items())},
+        "wrong": wrong,
+    }
 
 
 def quiet_libraries() -> None:
@@ -173,15 +251,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--write-eval-jsonl", type=Path, help="write held-out eval data and exit")
+    parser.add_argument(
+        "--compute-table",
+        action="store_true",
+        help="only the compute stage on every expression (with and without its adapter)",
+    )
+    parser.add_argument(
+        "--by-template", type=Path, help="per-template tally of an `edgestack eval --json` report"
+    )
     args = parser.parse_args(argv)
     if args.write_eval_jsonl:
         generate.write_eval_jsonl(args.write_eval_jsonl, n=args.n, seed=args.seed)
+        return
+    if args.by_template:
+        print(json.dumps(by_template(args.by_template, n=args.n, seed=args.seed), indent=2))
         return
     if args.out is None:
         parser.error("--out is required unless --write-eval-jsonl is given")
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.compute_table:
+        runner = load_stack(args.out)
+        tables = {"adapter": compute_table(runner), "base": compute_table(runner, adapter=False)}
+        print(json.dumps(tables, indent=2))
+        return
     if args.data:
         suites = {args.data.name: jsonl_cases(args.data)}
     else:

@@ -145,13 +145,8 @@ SUB_FOOD_VERBS = (("eats", "ate"),)
 # Word-problem templates. Fields: {name} {pron} {Pron} {vp} {vpast} {a_x} ("23 stamps"),
 # {b_x}, {b}, {b_n} (the noun alone, in the number b needs), {xs} (plural), and for
 # multiplication {a_cs} ("4 bags") and {c} ("bag").
-# The lists are indexed: the first ones are for training, the last ones are held out.
-# Training shapes are CROSSED: every sentence frame occurs with every operation, so only the verb
-# (word problems) or the operator word (bare questions) decides the operation. With one template
-# per operation the stack learned shapes instead ("How much is ...?" was always plus), and held-out
-# shapes failed. Built once at import time; the lists are indexed (``Problem.template``).
-# The held-out templates are written out below; crossed training shapes that equal one of them
-# up to name/pronoun are dropped (``_near``), so training never contains a held-out shape.
+# Each pool has a "train" and a "heldout" list of shapes, indexed by ``Problem.template``. The
+# held-out templates are written out here; the training shapes are built from parts below.
 _HELDOUT_ADD = (
     "{name} has {a_x}, and then {pron} {vp} {b} more {b_n}. How many {xs} does {pron} have now?",
     "{name} had {a_x}. {Pron} {vpast} {b} more of them. How many {xs} does {name} have in all now?",
@@ -181,22 +176,35 @@ _HELDOUT_NEAR = {_near(t) for t in _HELDOUT_ADD + _HELDOUT_SUB + _HELDOUT_MUL} |
     t for t, _ in _HELDOUT_BARE
 }
 
-# Word-problem frames: an opening with the verb clause {V} (present {vp} or past {vpast} form,
-# then one of the operation's object phrases), and a question. Every frame and every question
-# occur with both add and sub verbs; only "more" is add-only (it is an addition word itself).
-_OPENINGS_PRESENT = (
-    "{name} has {a_x}. {Pron} {V}.",
-    "{name} has {a_x} and {V}.",
-    "{name} starts with {a_x}. Then {pron} {V}.",
-    "{name} has {a_x}, and then {pron} {V}.",
-    "{name} has {a_x}, but then {pron} {V}.",
-)
-_OPENINGS_PAST = (
-    "{name} had {a_x}. {Pron} {V}.",
-    "{name} had {a_x} and {V}.",
-    "{name} had {a_x}. Then {pron} {V}.",
-    "{name} had {a_x}, and {pron} {V}.",
-    "{name} had {a_x}, but then {pron} {V}.",
+# Training shapes are built from parts (v4), and every part occurs with every operation it can:
+#
+# * an opening clause "{name} has/starts with/buys {A}" (present) or "had/started with/bought"
+#   (past), where {A} is the first amount ({a_x}, or {a_cs} containers for multiplication);
+# * a join and a second clause: ". {S}.", ", and {S}.", " and {S}.", ". Then {S}.",
+#   ", and then {S}.", ", but then {S}.", ". Later {S}." with {S} = "{pron} {verb} {object}", or
+#   " and {verb} {object}." (no subject). Add and sub verbs take the SAME object phrases
+#   ("{b}", "{b_x}", "{b} more", "{b} more {b_n}", "{b} of them", "{b} more of them"), so only the
+#   verb decides + or -. Multiplication's second clause says how many are in EACH container
+#   ("each {c} has {b_x}", "there are {b_x} in each {c}", "{pron} puts {b_x} in each {c}", ...)
+#   in the same openings and joins, so "each" (not the sentence shape) decides *;
+# * a question; "left" questions occur with add verbs too.
+#
+# With one template per operation (v2) the stack learned shapes, and with add/sub crossed but
+# multiplication in 30 shapes of its own (v3 and after) it read "..., and each crate has 8 pies in
+# it" as a subtraction. Held-out shapes recombine these parts in combinations training never
+# has: any built shape equal to a held-out template (names and pronouns merged) is dropped.
+_FIRST = {
+    "present": ("{name} has {A}", "{name} starts with {A}", "{name} buys {A}"),
+    "past": ("{name} had {A}", "{name} started with {A}", "{name} bought {A}"),
+}
+_JOINS = (
+    ". {S}.",
+    ", and {S}.",
+    " and {S}.",
+    ". Then {S}.",
+    ", and then {S}.",
+    ", but then {S}.",
+    ". Later {S}.",
 )
 _QUESTIONS = (
     "How many {xs} does {name} have now?",
@@ -204,70 +212,136 @@ _QUESTIONS = (
     "How many {xs} does {name} have left?",
     "How many {xs} does {pron} have left?",
     "How many {xs} does {name} have in all?",
+    "How many {xs} does {pron} have in total?",
     "How many {xs} does {pron} have?",
     "How many {xs} are left?",
     "How many {xs} are there now?",
+    "How many {xs} are there in all?",
 )
-_ADD_OBJECTS = ("{b} more", "{b} more {b_n}", "{b_x}", "{b}")
-_SUB_OBJECTS = ("{b}", "{b_x}", "{b} of them")
-
-
-def _cross_word(objects: tuple[str, ...], heldout: tuple[str, ...]) -> dict[Split, tuple[str, ...]]:
-    out: list[str] = []
-    for obj in objects:
-        for openings, verb in ((_OPENINGS_PRESENT, "{vp}"), (_OPENINGS_PAST, "{vpast}")):
-            clause = f"{verb} {obj}"
-            for opening in openings:
-                for question in _QUESTIONS:
-                    out.append(opening.replace("{V}", clause) + " " + question)
-            for question in _QUESTIONS[:6]:
-                if verb == "{vp}":
-                    tail = question.replace("How", "how", 1)
-                    out.append(f"If {{name}} has {{a_x}} and {clause}, {tail}")
-    return {"train": tuple(t for t in out if _near(t) not in _HELDOUT_NEAR), "heldout": heldout}
-
-
-ADD_TEMPLATES: dict[Split, tuple[str, ...]] = _cross_word(_ADD_OBJECTS, _HELDOUT_ADD)
-SUB_TEMPLATES: dict[Split, tuple[str, ...]] = _cross_word(_SUB_OBJECTS, _HELDOUT_SUB)
-
-_MUL_BODIES = (
+_MUL_QUESTIONS = tuple(q for q in _QUESTIONS if "left" not in q)
+_OBJECTS = ("{b}", "{b_x}", "{b} more", "{b} more {b_n}", "{b} of them", "{b} more of them")
+_VERB = {"present": "{vp}", "past": "{vpast}"}
+# multiplication's second clause, (present, past); {pron}-led ones also go after "Then"
+_MUL_CLAUSES = (
+    ("each {c} has {b_x}", "each {c} had {b_x}"),
+    ("each {c} has {b_x} in it", "each {c} had {b_x} in it"),
+    ("each {c} holds {b_x}", "each {c} held {b_x}"),
+    ("every {c} has {b_x}", "every {c} had {b_x}"),
+    ("there are {b_x} in each {c}", "there were {b_x} in each {c}"),
+    ("{pron} puts {b_x} in each {c}", "{pron} put {b_x} in each {c}"),
+)
+_MUL_WITH = (
     "{name} has {a_cs} with {b_x} in each {c}.",
     "{name} buys {a_cs} of {xs}. Each {c} has {b_x}.",
-    "{name} has {a_cs}. Each {c} holds {b_x}.",
     "{name} fills {a_cs} with {b_x} each.",
-    "There are {b_x} in each {c}. {name} has {a_cs}.",
     "{name} has {a_cs}, each with {b_x}.",
+    "{name} had {a_cs} with {b_x} in each.",
 )
+
+
+def _sentence(text: str) -> str:
+    """Capitalize the first letter (and a leading ``{pron}``)."""
+    if text.startswith("{pron}"):
+        return "{Pron}" + text[len("{pron}") :]
+    return text[:1].upper() + text[1:]
+
+
+def _join(first: str, join: str, clause: str) -> str:
+    """First clause + join with {S} = ``clause`` (capitalized after a full stop)."""
+    return first + join.replace("{S}", _sentence(clause) if join.startswith(". {S}") else clause)
+
+
+def _if_form(first: str, rest: str, question: str) -> str:
+    """``"If Sam has 3 stamps and buys 2 more, how many stamps does he have?"``."""
+    return f"If {first} and {rest}, {question[:1].lower()}{question[1:]}"
+
+
+def _add_sub_shapes() -> tuple[str, ...]:
+    out: list[str] = []
+    for tense, firsts in _FIRST.items():
+        for first in (f.replace("{A}", "{a_x}") for f in firsts):
+            for obj in _OBJECTS:
+                verb_phrase = f"{_VERB[tense]} {obj}"
+                openings = [_join(first, j, "{pron} " + verb_phrase) for j in _JOINS]
+                openings.append(f"{first} and {verb_phrase}.")
+                out += [f"{o} {q}" for o in openings for q in _QUESTIONS]
+                if tense == "present":
+                    out += [_if_form(first, verb_phrase, q) for q in _QUESTIONS[:7]]
+    return tuple(out)
+
+
+def _mul_shapes() -> tuple[str, ...]:
+    out: list[str] = []
+    for tense, firsts in _FIRST.items():
+        t = 0 if tense == "present" else 1
+        for first in (f.replace("{A}", "{a_cs}") for f in firsts):
+            openings: list[str] = []
+            for forms in _MUL_CLAUSES:
+                clause = forms[t]
+                joins = _JOINS if clause.startswith("{pron}") else _JOINS[:3]
+                openings += [_join(first, j, clause) for j in joins if "but" not in j]
+                if clause.startswith("{pron}"):
+                    openings.append(f"{first} and {clause.split(' ', 1)[1]}.")
+                    continue
+                # the other order: "There are 5 stamps in each bag. Sam has 4 bags."
+                openings.append(f"{_sentence(clause)}. {first}.")
+                if tense == "present":
+                    out += [_if_form(first, clause, q) for q in _MUL_QUESTIONS]
+            out += [f"{o} {q}" for o in openings for q in _MUL_QUESTIONS]
+    out += [f"{body} {q}" for body in _MUL_WITH for q in _MUL_QUESTIONS]
+    return tuple(out)
+
+
+def _train_only(shapes: tuple[str, ...]) -> tuple[str, ...]:
+    """Distinct shapes, in order, none of them a held-out template."""
+    return tuple(t for t in dict.fromkeys(shapes) if _near(t) not in _HELDOUT_NEAR)
+
+
+_ADD_SUB = _train_only(_add_sub_shapes())
+ADD_TEMPLATES: dict[Split, tuple[str, ...]] = {"train": _ADD_SUB, "heldout": _HELDOUT_ADD}
+SUB_TEMPLATES: dict[Split, tuple[str, ...]] = {"train": _ADD_SUB, "heldout": _HELDOUT_SUB}
 MUL_TEMPLATES: dict[Split, tuple[str, ...]] = {
-    "train": tuple(
-        t
-        for t in (f"{body} {q}" for body in _MUL_BODIES for q in _QUESTIONS if "left" not in q)
-        if _near(t) not in _HELDOUT_NEAR
-    ),
+    "train": _train_only(_mul_shapes()),
     "heldout": _HELDOUT_MUL,
 }
 
 # Bare questions: every frame with every operator phrase; the expression lists a first, "a op b".
+# Each operation has a word form, a symbol, a reversed form ("{b} added to {a}": a + b), a "the
+# ... of {a} and {b}" form and forms built with "and" ("{a} and {b} multiplied together").
 _BARE_FRAMES = (
     "What is {p}?",
     "How much is {p}?",
     "Compute {p}.",
     "Calculate {p}.",
     "Tell me {p}.",
+    "Find {p}.",
+    "Work out {p}.",
+    "What's {p}?",
 )
 _BARE_PHRASES: tuple[tuple[str, Op], ...] = (
     ("{a} plus {b}", "+"),
     ("{a} + {b}", "+"),
     ("{b} added to {a}", "+"),
     ("the sum of {a} and {b}", "+"),
+    ("{a} and {b} added", "+"),
+    ("{a} and {b} added together", "+"),
+    ("{a} and {b} summed", "+"),
+    ("{a} and {b} together", "+"),
     ("{a} minus {b}", "-"),
     ("{a} - {b}", "-"),
     ("{b} subtracted from {a}", "-"),
     ("{a} take away {b}", "-"),
+    ("the difference between {a} and {b}", "-"),
+    ("{b} less than {a}", "-"),
+    ("{a} less {b}", "-"),
+    ("{b} taken away from {a}", "-"),
     ("{a} times {b}", "*"),
     ("{a} * {b}", "*"),
     ("{a} multiplied by {b}", "*"),
     ("the product of {a} and {b}", "*"),
+    ("{a} and {b} multiplied", "*"),
+    ("{a} and {b} multiplied together", "*"),
+    ("{a} groups of {b}", "*"),
 )
 BARE_TEMPLATES: dict[Split, tuple[tuple[str, Op], ...]] = {
     "train": tuple(
@@ -312,6 +386,16 @@ def evaluate_expression(expression: str) -> int:
     raise ValueError(f"unknown operator {op!r} in {expression!r}")
 
 
+def all_expressions() -> list[str]:
+    """Every expression a problem of either split can have, once each (14 990): the compute
+    stage's whole task. Products come in both orders (bare questions swap the factors)."""
+    out = [f"{a} + {b}" for a in range(1, 100) for b in range(1, 100)]
+    out += [f"{a} - {b}" for a in range(2, 100) for b in range(1, a + 1)]
+    products = {(s, n) for s in range(2, 10) for n in range(2, 21)}
+    out += [f"{a} * {b}" for a, b in sorted(products | {(n, s) for s, n in products})]
+    return out
+
+
 def _capital(word: str) -> str:
     return word[:1].upper() + word[1:]
 
@@ -319,18 +403,46 @@ def _capital(word: str) -> str:
 #: share of training word problems whose name and object are made-up words: the stack must read
 #: names and objects it has never seen (measured: without them, held-out names broke extraction)
 MADE_UP_SHARE = 0.5
-_ONSETS = (*"bcdfghjklmnprstvwz", "br", "dr", "gr", "kr", "pl", "st", "tr", "sh", "ch")
-_VOWELS = (*"aeiou", "ai", "ou", "ee")
+# Syllables "onset vowel coda" over every letter of the alphabet, with common English clusters:
+# the answer stage copies names and objects it has never seen, which only works for words made of
+# tokens it has learned to copy (with open syllables of a few letters only, v4c copied made-up
+# words but not "Tariq" or "tickets": their letter pieces never occurred in training).
+_ONSETS = (
+    *("", "", ""),
+    *"bcdfghjklmnpqrstvwxyz",
+    *("bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr", "kr", "ph", "pl", "pr"),
+    *("qu", "sc", "sh", "sk", "sl", "sm", "sn", "sp", "st", "sw", "th", "tr", "wh"),
+)
+_VOWELS = (*"aeiouy", *"aeiou", "ai", "au", "ea", "ee", "ie", "oa", "oo", "ou")
+_CODAS = (
+    *("", "", "", "", "", ""),
+    *"bcdfgklmnprstvxz",
+    *("ck", "ct", "ft", "lk", "ll", "mp", "nd", "ng", "nk", "nt", "rd", "rk", "rt", "sh", "ss"),
+    *("st", "th", "tt"),
+)
 _HELDOUT_WORDS = {p.name.lower() for p in PEOPLE["heldout"]} | {
     w for t in THINGS["heldout"] + CONTAINERS["heldout"] for w in (t.singular, t.plural)
 }
 
 
+def _plural(word: str) -> str:
+    """English plural of a made-up noun: ``box`` -> ``boxes``, ``pony`` -> ``ponies``."""
+    if word.endswith(("s", "x", "z", "sh", "ch")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def _made_up_word(rng: random.Random) -> str:
-    """A pronounceable word of 2-3 syllables that is none of the held-out names or objects."""
+    """A pronounceable word of 1-3 syllables, 3-10 letters, none of the held-out names or
+    objects (nor their plurals)."""
     while True:
-        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
-        if word not in _HELDOUT_WORDS and word + "s" not in _HELDOUT_WORDS:
+        word = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+            for _ in range(rng.randint(1, 3))
+        )
+        if 3 <= len(word) <= 10 and not {word, _plural(word)} & _HELDOUT_WORDS:
             return word
 
 
@@ -338,7 +450,9 @@ def _person_and_thing(rng: random.Random, split: Split) -> tuple[Person, Thing]:
     """From the split's pools; in training, sometimes made-up words instead."""
     if split == "train" and rng.random() < MADE_UP_SHARE:
         name, noun = _capital(_made_up_word(rng)), _made_up_word(rng)
-        return Person(name, rng.choice(("he", "she"))), Thing(noun, noun + "s")
+        # half of them food, so that "eats" also meets objects it has never seen
+        thing = Thing(noun, _plural(noun), food=rng.random() < 0.5)
+        return Person(name, rng.choice(("he", "she"))), thing
     return rng.choice(PEOPLE[split]), rng.choice(THINGS[split])
 
 
@@ -368,6 +482,9 @@ def _word_problem(rng: random.Random, split: Split, kind: str) -> Problem:
     else:
         templates = MUL_TEMPLATES[split]
         container = rng.choice(CONTAINERS[split])
+        if split == "train" and rng.random() < MADE_UP_SHARE:  # held-out containers are new too
+            word = _made_up_word(rng)
+            container = Thing(word, _plural(word))
         fields["a_cs"], fields["c"] = container.count(a), container.singular
     index = rng.randrange(len(templates))
     value = evaluate_expression(f"{a} {op} {b}")

@@ -84,3 +84,27 @@ def test_reference_eval_runs_every_stage(trained: Path) -> None:
 )
 def test_final_number(text: str, number: int | None) -> None:
     assert _load("eval_reference").final_number(text) == number
+
+
+def test_number_features_write_the_digits() -> None:
+    train = _load("train")
+    settings = train.Settings.quick()
+    tok = train.build_tokenizer(settings, _load("stages").load_stages())
+    model = train.new_model(settings, tok)
+    row = model.get_input_embeddings().weight[tok.encode(" 147").ids[0], :32]
+    assert row[7] == 1 and row[10 + 14] == 1 and abs(row[30].item() - 1.47) < 1e-6
+    assert row[:30].sum() == 2
+    out_row = model.get_output_embeddings().weight[tok.encode(" 147").ids[0], :32]
+    assert (out_row == row).all()
+
+
+def test_random_result_keeps_the_sentence_ending_with_the_result() -> None:
+    import random
+
+    train, gen = _load("train"), _load("generate")
+    problems = gen.problems(0, 200)
+    changed = [train.random_result(p, random.Random(i), 0.5) for i, p in enumerate(problems)]
+    assert 40 < sum(c != p for c, p in zip(changed, problems, strict=True)) < 160
+    for c, p in zip(changed, problems, strict=True):
+        assert c.sentence.endswith(f" {c.value}") and c.question == p.question
+        assert c.expression == p.expression and 0 <= c.value <= 198
