@@ -33,7 +33,10 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._llama import LlamaModel
 
 DEFAULT_QUESTION = "Tom has 12 apples and buys 7 more. How many apples does he have?"
 SECOND_QUESTION = "Sam has 23 stamps and gives 8 to his sister. How many are left?"
@@ -63,16 +66,14 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def _kv_bytes(lib: Any, model: Any, ctx: Any, kv_cache_type: str) -> int:
+def _kv_bytes(lib: Any, model: LlamaModel, ctx: Any, kv_cache_type: str) -> int:
     import gguf
 
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
-    n_layer = lib.llama_model_n_layer(model)
-    n_embd = lib.llama_model_n_embd(model)
-    n_head = lib.llama_model_n_head(model)
-    n_head_kv = lib.llama_model_n_head_kv(model)
-    row = n_embd // max(n_head, 1) * n_head_kv
-    return int(lib.llama_n_ctx(ctx)) * n_layer * 2 * row * size // block  # K and V
+    n_layer = lib.llama_model_n_layer(model.ptr)
+    n_head_kv = lib.llama_model_n_head_kv(model.ptr)
+    row = sum(model.head_dims()) * n_head_kv  # a key and a value per head
+    return int(lib.llama_n_ctx(ctx)) * n_layer * row * size // block
 
 
 def run_bench(
@@ -142,9 +143,7 @@ def run_bench(
                     runner = engine.runner(n)
                     ctx = runner.context._live()
                     stage_mem[n] = {
-                        "kv_cache_mb": _kv_bytes(
-                            lib, runner.model.ptr, ctx, runner.stage.kv_cache_type
-                        )
+                        "kv_cache_mb": _kv_bytes(lib, runner.model, ctx, runner.stage.kv_cache_type)
                         / 1e6,
                         "state_mb": lib.llama_state_get_size(ctx) / 1e6,
                     }

@@ -50,8 +50,8 @@ class LlamaRunner:
         self.context = context
         self._threads = threads
         self._prompt_cache = prompt_cache
-        #: the template's fixed start, tokenized, once the first prompt has been seen
-        self._fixed: list[int] | None = None
+        # The prompt cache is consulted on the first call only (the context keeps the prefix after).
+        self._first = True
         self._to_save: list[int] = []
         #: the context for batched calls, made on first use (its KV cache holds n_seq prompts)
         self.batch_context: BatchContext | None = None
@@ -75,7 +75,8 @@ class LlamaRunner:
     def generate(
         self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
     ) -> Iterator[Chunk]:
-        if self._fixed is None:
+        if self._first:
+            self._first = False
             self._to_save = self._first_call(tokens)
         stream = self.context.generate(
             tokens,
@@ -99,11 +100,10 @@ class LlamaRunner:
         tokens to save after this call when they were not there (else [])."""
         if self._prompt_cache is None:
             return []
-        self._fixed = self._fixed_start()
         # The last token of the fixed text may merge with what follows it: only the common
         # part counts, in whole micro-batches (the only part a context reuses).
         n = 0
-        for a, b in zip(self._fixed[:-1], tokens, strict=False):
+        for a, b in zip(self._fixed_start()[:-1], tokens, strict=False):
             if a != b:
                 break
             n += 1

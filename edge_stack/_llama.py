@@ -198,10 +198,13 @@ class LlamaModel:
         """
         import gguf
 
-        try:
-            qtype = gguf.GGMLQuantizationType[name.upper()]
-        except KeyError:
-            raise EngineError(f"unknown KV cache type {name!r}; use f16, q8_0 or q4_0") from None
+        from .manifest import KV_CACHE_TYPES
+
+        if name not in KV_CACHE_TYPES:
+            raise EngineError(
+                f"unknown KV cache type {name!r}; use one of {', '.join(KV_CACHE_TYPES)}"
+            )
+        qtype = gguf.GGMLQuantizationType[name.upper()]
         block = gguf.GGML_QUANT_SIZES[qtype][0]
         if block > 1:
             for what, dim in zip(("key", "value"), self.head_dims(), strict=True):
