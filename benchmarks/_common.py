@@ -17,6 +17,7 @@ The reference work (DESIGN.md, performance targets): a Pythia-160M-shaped random
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -75,6 +76,18 @@ _PROMPTS = {
     "answer": "{i}\nStep: the answer sentence.\nQuestion: {{question}}\nValue: {{compute}}\n"
     "Answer:",
 }
+
+
+def arg_parser(
+    doc: str | None, *, json_help: str = "print the results as one JSON object"
+) -> argparse.ArgumentParser:
+    """A benchmark script's command line: its docstring as help, --threads and --json."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--json", action="store_true", help=json_help)
+    return parser
 
 
 def pss_mb() -> float:

@@ -12,7 +12,6 @@ before and 8 after the generation runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,11 +76,7 @@ def measure(threads: int, tokens: int = 64, rounds: int = 3) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--threads", type=int, default=c.THREADS)
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser = c.arg_parser(__doc__)
     args = parser.parse_args()
     r = measure(args.threads)
     if args.json:

@@ -17,7 +17,6 @@ one-by-one seconds per question over that time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -104,14 +103,10 @@ def _full_batch_tok_s(stack: Any, threads: int, n: int = 512, runs: int = 3) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=c.THREADS)
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args()
     r = measure(args.questions, args.batch_sizes, args.rounds, args.threads)
     if args.json:

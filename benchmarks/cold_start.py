@@ -67,12 +67,8 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=c.THREADS)
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if args.once:

@@ -94,12 +94,8 @@ def measure(rounds: int, threads: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=c.THREADS)
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
     if args.mode:

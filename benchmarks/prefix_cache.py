@@ -19,7 +19,6 @@ question each. Goal: edgestack / from-scratch script <= 0.7.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -109,12 +108,8 @@ def measure(questions: int, threads: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--questions", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=c.THREADS)
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args()
     r = measure(args.questions, args.threads)
     if args.json:

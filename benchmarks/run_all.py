@@ -11,7 +11,6 @@ on a shared machine the absolute figures move with the load, the ratios much les
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -167,15 +166,11 @@ def table(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__, json_help="print every result as JSON")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
-    parser.add_argument("--threads", type=int, default=c.THREADS)
     parser.add_argument(
         "--llama-bench", type=Path, help="a llama-bench binary: its tg figure as a cross-check"
     )
-    parser.add_argument("--json", action="store_true", help="print every result as JSON")
     args = parser.parse_args()
     r = run(args.quick, args.threads, args.llama_bench)
     if args.json:

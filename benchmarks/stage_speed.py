@@ -19,7 +19,6 @@ llama.cpp), its tg figure is printed as a cross-check. Goal: generation ratio >=
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import os
@@ -165,14 +164,10 @@ def measure(tokens: int, rounds: int, threads: int, bench: Path | None = None) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = c.arg_parser(__doc__)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=c.THREADS)
     parser.add_argument("--llama-bench", type=Path, help="a llama-bench binary for a cross-check")
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args()
     r = measure(args.tokens, args.rounds, args.threads, args.llama_bench)
     if args.json:
