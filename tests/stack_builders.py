@@ -66,6 +66,19 @@ def write_stack(root: Path, toml: str, files: dict[str, Path]) -> Path:
     return path
 
 
+#: questions the runtime tests ask a stack: plain ones, braces, a bare word
+QUESTIONS = [
+    "Tom has 12 apples and buys 7 more. How many apples does he have?",
+    "What is 15 plus 28?",
+    "A {curly} question with {{double}} braces and {extract}",
+    "Sam has 23 stamps",
+    "zero",
+    "Mia gives away 4 of her 9 pens. How many are left?",
+    "What is 3 times 4?",
+    "Ann has 5 bags with 6 marbles in each bag.",
+]
+
+
 THREE_STAGES = """
 name = "tiny"
 version = 1

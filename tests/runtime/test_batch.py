@@ -13,17 +13,13 @@ from edge_stack._llama import LlamaContext, LlamaModel
 from edge_stack._llama_batch import BatchContext
 from edge_stack.errors import BadArgument, ContextOverflowError, EngineError
 
+import stack_builders
+
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
+# The engine tests' questions, plus a special token's text and non-ASCII text.
 QUESTIONS = [
-    "Tom has 12 apples and buys 7 more. How many apples does he have?",
-    "What is 15 plus 28?",
-    "A {curly} question with {{double}} braces and {extract}",
-    "Sam has 23 stamps",
-    "zero",
-    "Mia gives away 4 of her 9 pens. How many are left?",
-    "What is 3 times 4?",
-    "Ann has 5 bags with 6 marbles in each bag.",
+    *stack_builders.QUESTIONS,
     "<|endoftext|> stays text",
     "ünïcödé ✓",
 ]

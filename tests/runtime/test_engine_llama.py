@@ -25,20 +25,9 @@ from edge_stack.errors import (
 )
 from edge_stack.manifest import load_manifest
 
-from stack_builders import random_lora, write_stack
+from stack_builders import QUESTIONS, random_lora, write_stack
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
-
-QUESTIONS = [
-    "Tom has 12 apples and buys 7 more. How many apples does he have?",
-    "What is 15 plus 28?",
-    "A {curly} question with {{double}} braces and {extract}",
-    "Sam has 23 stamps",
-    "zero",
-    "Mia gives away 4 of her 9 pens. How many are left?",
-    "What is 3 times 4?",
-    "Ann has 5 bags with 6 marbles in each bag.",
-]
 
 
 def _direct_llama_cpp(
