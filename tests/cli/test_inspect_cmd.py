@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+import gguf
 import pytest
 
 from cli_support import run
+from gguf_builders import GPTNEOX, QWEN2, TOKENS, M, tname, u32, weights, write_model
 
-pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
-
+@pytest.mark.llama
+@pytest.mark.torch
 def test_inspect_stack(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["inspect", str(tiny_stack)], capsys)
     assert code == 0
@@ -29,6 +32,8 @@ def test_inspect_stack(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert memory["kv_cache_bytes"] == 3 * 2 * 2 * 256 * 64 * 2
 
 
+@pytest.mark.llama
+@pytest.mark.torch
 def test_inspect_gguf(tiny_stack: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["inspect", str(tiny_stack.parent / "base.gguf")], capsys)
     assert code == 0 and "architecture gptneox" in out and "Q8_0" in out and "tokenizer" in out
@@ -57,3 +62,48 @@ def test_inspect_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     code, out, _ = run(["inspect", str(tmp_path)], capsys)
     assert code == 1 and "invalid:" in out and "gone.gguf: missing" in out
+
+
+# Models llama.cpp would abort, hang on or refuse (one per family of checks; the full table is in
+# tests/runtime/test_gguf_check.py): inspect says why in one line and exits 1.
+UNLOADABLE: dict[str, tuple[dict[str, Any], str]] = {
+    "duplicate-token": (
+        {"tokens": [*TOKENS[:-1], TOKENS[97]]},
+        f"{gguf.Keys.Tokenizer.LIST} has the same text at ids 97 and 256",
+    ),
+    "rope-dims-0": (
+        {"arch": GPTNEOX, "kv": {gguf.Keys.Rope.DIMENSION_COUNT: u32(0)}},
+        f"{GPTNEOX}.rope.dimension_count is 0, expected an even number from 2 to the head size 8",
+    ),
+    "wrong-shape": (
+        {"arch": QWEN2, "tensors": {tname(M.FFN_UP, 1): weights(65, 32)}},
+        f"tensor '{tname(M.FFN_UP, 1)}' has shape [32, 65], but llama.cpp's {QWEN2} expects [32, 64]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNLOADABLE))
+def test_inspect_reports_models_llama_cpp_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    options, expected = UNLOADABLE[case]
+    path = write_model(tmp_path / "model.gguf", **options)
+    for extra in ([], ["--json"]):
+        code, out, err = run(["inspect", str(path), *extra], capsys)
+        assert (code, out, err.count("\n")) == (1, "", 1), err
+        assert err.startswith(f"edgestack: error: {path} is a GGUF model llama.cpp cannot load: ")
+        assert expected in err and "re-convert it with `edgestack convert`" in err
+    (tmp_path / "stack.toml").write_text(
+        'version = 1\n[[stages]]\nname = "s"\nmodel = "model.gguf"\nprompt = "{question}"\n'
+    )
+    code, out, _ = run(["inspect", str(tmp_path)], capsys)
+    assert code == 1 and "invalid:" in out and expected in out
+
+
+def test_inspect_a_model_llama_cpp_can_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_model(tmp_path / "model.gguf", arch=QWEN2)
+    code, out, err = run(["inspect", str(path)], capsys)
+    assert (code, err) == (0, "")
+    assert "architecture qwen2" in out and "blk.1.ffn_up.weight" in out
