@@ -7,11 +7,13 @@ and the text assembler (UTF-8 and stop strings) is pure Python that tests can dr
 from __future__ import annotations
 
 import codecs
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
+from ._grammar import validate_grammar
 from ._llama_lib import native_stderr
-from .errors import EngineError
+from .errors import EngineError, GrammarError
 
 #: how many recent tokens (prompt included) the repeat penalty looks at, as llama.cpp's default
 REPEAT_LAST_N = 64
@@ -77,9 +79,12 @@ def build_sampler(
 
 #: grammars llama.cpp has parsed once: parsing them again prints nothing, no need to capture
 _parsed_grammars: set[str] = set()
+#: room for the tokens of a <text> token reference: llama.cpp needs exactly one
+_TOKEN_REF_ROOM = 2
 
 
 def _grammar_sampler(lib: Any, vocab: Any, grammar: str) -> Any:
+    _check_before_llama(lib, vocab, grammar)
     if grammar in _parsed_grammars:
         smpl = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
         said: list[str] = []
@@ -88,14 +93,60 @@ def _grammar_sampler(lib: Any, vocab: Any, grammar: str) -> Any:
         with native_stderr() as said:
             smpl = lib.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not smpl:
-        why = " ".join(" ".join(said).split()) or "syntax error, or no rule named 'root'"
-        raise EngineError(f"llama.cpp rejected the GBNF grammar: {why}")
+        # Its message quotes the grammar from the error on: keep only the reason before that.
+        said_text = " ".join(" ".join(said).split())
+        why = said_text.split("error parsing grammar: ")[-1].split(" at ", 1)[0]
+        raise EngineError(
+            f"llama.cpp rejected the GBNF grammar that edgestack's own check accepted "
+            f"({why[:80] or 'no reason given'}); please report it with the grammar"
+        )
     _parsed_grammars.add(grammar)
     return smpl
 
 
+def _check_before_llama(lib: Any, vocab: Any, grammar: str) -> None:
+    """edgestack's grammar check, then the token references against this model's vocabulary.
+
+    llama.cpp aborts the process when no token fits the grammar at some point, so a token
+    reference must name one token that sampling can pick under a grammar: a real id, not an
+    end-of-generation token (the grammar ends generation itself by completing), with text.
+    """
+    info = validate_grammar(grammar, n_vocab=lib.llama_vocab_n_tokens(vocab))
+    for ref in info.tokens:
+        where = f"GBNF grammar line {ref.line}, column {ref.column}"
+        token = ref.token_id
+        if ref.text is not None:
+            data = ref.text.encode("utf-8")
+            buf = (lib.llama_token * _TOKEN_REF_ROOM)()
+            n = lib.llama_tokenize(vocab, data, len(data), buf, _TOKEN_REF_ROOM, False, True)
+            if n != 1:
+                raise GrammarError(
+                    f"{where}: expected a token reference that is one token of this model, "
+                    f"found {'more' if n < 0 or n > 1 else 'no'} tokens; use <[id]> or a "
+                    "special token's exact text"
+                )
+            token = int(buf[0])
+        if ref.negated or token is None:
+            continue
+        piece = ctypes.create_string_buffer(8)
+        if (
+            lib.llama_vocab_is_eog(vocab, token)
+            or lib.llama_token_to_piece(vocab, token, piece, len(piece), 0, True) == 0
+        ):
+            raise GrammarError(
+                f"{where}: expected a token a grammar can match, found token {token}, which "
+                "ends generation or has no text; end the rule there instead"
+            )
+
+
 def check_grammar(lib: Any, vocab: Any, grammar: str) -> None:
-    """Raise :class:`EngineError` (with llama.cpp's reason) if ``grammar`` does not parse."""
+    """Raise :class:`GrammarError` if ``grammar`` is not a safe GBNF grammar for this vocabulary.
+
+    edgestack's own check (:mod:`edge_stack._grammar`) runs first, so llama.cpp never parses
+    a grammar that could crash or stall it; llama.cpp's parser then runs once per grammar as a
+    second line (:class:`EngineError` if it still refuses).
+    """
+    _check_before_llama(lib, vocab, grammar)
     if grammar not in _parsed_grammars:
         lib.llama_sampler_free(_grammar_sampler(lib, vocab, grammar))
 
