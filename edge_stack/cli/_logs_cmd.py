@@ -29,6 +29,8 @@ def logs(
     """Show the most recent asks from the local run log (newest first).
 
     Every `edgestack ask` and `chat` answer is logged unless --no-log or EDGESTACK_NO_LOG=1.
+    A damaged log, or one another process keeps locked, is reported in one line (exit status 1);
+    asks go on without logging until it is moved away or deleted.
 
     Examples:
 
