@@ -211,9 +211,15 @@ class Checkpoint:
         self._drop(entry.file, entry.begin, entry.end)
 
     def close(self) -> None:
-        for mm in self._maps.values():
-            mm.close()
-        self._maps.clear()
+        maps, self._maps = self._maps, {}
+        for mm in maps.values():
+            try:
+                mm.close()
+            except BufferError:
+                # A numpy view still points into the map: one held by the traceback of the
+                # exception (often Ctrl-C) that is closing us, in a read_rows frame. Closing
+                # would fail over it and hide that exception; the map goes with the last view.
+                logger.debug("%s: a tensor view is still alive; unmapped when it goes", self.path)
 
     def __enter__(self) -> Checkpoint:
         return self

@@ -2,14 +2,25 @@
 
 No quantizer is written here: llama.cpp picks the per-tensor types of each file type (q4_k_m keeps
 some tensors at q6_k, rows that are not whole blocks fall back to another type, ...).
+
+llama.cpp runs in a child process (:mod:`._quantize_child`) that is killed on Ctrl-C:
+``llama_model_quantize`` runs in C for seconds and its params have no progress or abort callback,
+so in-process it could be stopped only between its log lines, by an exception raised inside
+llama.cpp's log callback, which ctypes reports and drops. The child's output is the temporary
+file of :func:`~edge_stack._atomic.atomic_output`, so an interrupted run leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import json
 import logging
 import os
-from collections.abc import Mapping
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import gguf
@@ -20,6 +31,9 @@ from edge_stack.errors import BadArgument, QuantizeError
 __all__ = ["QUANT_TYPES", "quant_type_names", "quantize"]
 
 logger = logging.getLogger(__name__)
+
+# Characters of a crashed quantizer's last stderr line quoted in the error.
+_MAX_SAID = 200
 
 
 def _type_name(ftype: gguf.LlamaFileType) -> str:
@@ -70,8 +84,8 @@ def quantize(
     rounding, so it is refused unless ``allow_requantize``. ``dst`` is written to a temporary file
     and renamed at the end; an existing ``dst`` is replaced only with ``force``.
     """
-    from edge_stack._llama_lib import check_file, default_threads, llama_errors, reason
-    from edge_stack._llama_lib import lib as llama_lib
+    from edge_stack._limits import check_threads
+    from edge_stack._llama_lib import check_file, default_threads, reason
 
     source, target = Path(src), Path(dst)
     types = _llama_types()
@@ -87,19 +101,104 @@ def quantize(
     if not allow_requantize:
         _refuse_requantize(source, name)
 
-    lib = llama_lib()
-    params = lib.llama_model_quantize_default_params()
-    params.nthread = threads or default_threads()
-    params.ftype = types[name]
-    params.allow_requantize = allow_requantize
-    with atomic_output(target, force=force) as tmp, llama_errors() as errors:
+    with atomic_output(target, force=force) as tmp:
         logger.info("quantizing %s -> %s (%s)", source, target, name)
-        rc = lib.llama_model_quantize(os.fsencode(source), os.fsencode(tmp), ctypes.byref(params))
-        if rc != 0:
+        lines = _run_quantizer(
+            source,
+            tmp,
+            types[name],
+            default_threads() if threads is None else check_threads(threads, "threads"),
+            allow_requantize,
+        )
+        if lines is not None:
             raise QuantizeError(
-                f"llama.cpp could not quantize {source} to {name}: {reason(errors)}" + _hint(name)
+                f"llama.cpp could not quantize {source} to {name}: {reason(lines)}" + _hint(name)
             )
     return target
+
+
+def _run_quantizer(
+    source: Path, output: Path, ftype: int, threads: int, requantize: bool
+) -> list[tuple[int, str]] | None:
+    """Quantize in a child process; None on success, else llama.cpp's warnings and errors.
+
+    Ctrl-C (KeyboardInterrupt) or any other exception while it runs kills the child first.
+    """
+    from edge_stack import _llama_lib
+
+    verbose = _llama_lib._verbose
+    command = [
+        sys.executable,
+        "-P",  # not the current folder's modules: the installed edgestack
+        "-m",
+        "edge_stack.convert._quantize_child",
+        str(os.getpid()),
+        os.fsdecode(source),
+        os.fsdecode(output),
+        str(ftype),
+        str(threads),
+        "1" if requantize else "0",
+        "1" if verbose else "0",
+    ]
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        with _sigint_held():
+            # Its own process group: the terminal's Ctrl-C reaches only us; we stop the child.
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=None if verbose else subprocess.PIPE,
+                process_group=0,
+            )
+        out, err = child.communicate()
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+    said = (err or b"").decode("utf-8", errors="replace").strip().splitlines()
+    try:
+        result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+    except (UnicodeDecodeError, IndexError, ValueError):
+        result = None
+    if child.returncode != 0 or not isinstance(result, dict):
+        last = f": {said[-1][:_MAX_SAID]}" if said else ""
+        raise QuantizeError(
+            f"llama.cpp's quantizer stopped while quantizing {source} "
+            f"({_exit_status(child.returncode)}{last}); "
+            "run again with EDGESTACK_VERBOSE=1 to see llama.cpp's log"
+        )
+    if result["rc"] == 0:
+        return None
+    return [(int(level), str(message)) for level, message in result["log"]]
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends (on the main thread, the only one it reaches).
+
+    Raised inside ``Popen()``, it would leave a started child that nobody kills, writing on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _exit_status(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _refuse_requantize(source: Path, name: str) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import gguf
 import pytest
+from output_nodes import char_device, fifo, link_to
 
+from edge_stack._atomic import TEMP_MARK
 from edge_stack.cli import main
 from edge_stack.convert.quantize import QUANT_TYPES, quant_type_names, quantize
 from edge_stack.convert.verify import verify
@@ -200,3 +205,94 @@ def test_cli_quantize_end_to_end_subprocess(tiny_gguf: Callable[..., Path], tmp_
     assert bad.returncode != 0 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "o.gguf").exists()
+
+
+# kind -> what is at the output path before `edgestack quantize -o` runs
+NOT_REGULAR: dict[str, Callable[[Path, bool], Path]] = {
+    "device": lambda d, force: char_device(d, force=force),
+    "fifo": lambda d, _: fifo(d),
+    "link to device": lambda d, force: link_to(char_device(d, force=force), d),
+    "link to fifo": lambda d, _: link_to(fifo(d), d),
+}
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("kind", list(NOT_REGULAR))
+def test_cli_quantize_refuses_outputs_that_are_not_regular_files(
+    tiny_gguf: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    force: bool,
+) -> None:
+    src = tiny_gguf("gptneox", "f32")
+    out = NOT_REGULAR[kind](tmp_path, force)
+    before = os.lstat(out)
+    argv = ["quantize", str(src), "-o", str(out), "-t", "q8_0"] + (["--force"] if force else [])
+    code, stdout, err = _cli(argv, capsys)
+    assert (code, stdout) == (1, "")
+    assert err.count("\n") == 1 and "not a regular file" in err
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
+
+
+# qtype -> does the forced quantization succeed (replacing the old file) or fail (keeping it)?
+FORCED: dict[str, bool] = {"q8_0": True, "q4_k_m": True, "q1_0": False}
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize("qtype", list(FORCED))
+def test_cli_quantize_force_replaces_only_on_success(
+    tiny_gguf: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], qtype: str
+) -> None:
+    src = tiny_gguf("gptneox", "f32")
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"old model")
+    code, _, err = _cli(["quantize", str(src), "-o", str(out), "-t", qtype, "--force"], capsys)
+    if FORCED[qtype]:
+        assert (code, err) == (0, "")
+        assert _file_type(out) == QUANT_TYPES[qtype]
+    else:  # q1_0 needs rows of 128 values: llama.cpp refuses these
+        assert code == 1 and err.count("\n") == 1 and "q1_0" in err
+        assert out.read_bytes() == b"old model"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_crashed_quantizer_is_a_quantize_error(
+    tiny_gguf: Callable[..., Path], tmp_path: Path, sig: signal.Signals
+) -> None:
+    """llama.cpp dying (a segfault in a kernel, the OOM killer) is an error, not a success."""
+    src = tiny_gguf("gptneox", "f32")
+    out = tmp_path / "m.gguf"
+    killed: list[int] = []
+
+    def kill_the_child() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"_quantize_child" in cmdline and os.fsencode(tmp_path) in cmdline:
+                    os.kill(int(entry.name), sig)
+                    killed.append(int(entry.name))
+                    break
+            time.sleep(0.001)
+
+    killer = threading.Thread(target=kill_the_child)
+    killer.start()
+    try:
+        with pytest.raises(QuantizeError, match=f"killed by {sig.name}") as info:
+            quantize(src, out, qtype="q8_0")
+    finally:
+        killer.join()
+    assert killed and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -1,20 +1,41 @@
-"""Atomic outputs: all or nothing, no overwrite without force, ordinary file modes."""
+"""Atomic outputs: all or nothing, no overwrite without force, ordinary file modes, regular files
+only, and temporary files that a later run can tell apart from those still in use."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from output_nodes import char_device, fifo, link_to
 
-from edge_stack._atomic import atomic_output
+from edge_stack._atomic import (
+    STALE_AFTER_S,
+    TEMP_MARK,
+    atomic_output,
+    find_leftovers,
+    remove_leftovers,
+    temp_dir,
+    temp_file,
+    temp_name,
+)
 from edge_stack.errors import ModelFileNotFound, OutputExistsError
+
+_TEMP = re.compile(rf"^\.a\.bin\.{TEMP_MARK}-[A-Za-z0-9-]+-{os.getpid()}-[0-9a-f]{{8}}$")
 
 
 def test_success_renames_with_normal_mode(tmp_path: Path) -> None:
     out = tmp_path / "a.bin"
     with atomic_output(out, force=False) as tmp:
+        assert _TEMP.match(tmp.name), tmp.name  # the one recognizable temporary name
         tmp.write_bytes(b"data")
         assert not out.exists()
     assert out.read_bytes() == b"data"
@@ -32,15 +53,20 @@ def test_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_needs_force(tmp_path: Path) -> None:
+def test_existing_needs_force_and_failed_forced_write_keeps_it(tmp_path: Path) -> None:
     out = tmp_path / "a.bin"
     out.write_bytes(b"old")
     with pytest.raises(OutputExistsError, match="--force"), atomic_output(out, force=False):
         pass
     assert out.read_bytes() == b"old"
+    with pytest.raises(RuntimeError), atomic_output(out, force=True) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert out.read_bytes() == b"old"
     with atomic_output(out, force=True) as tmp:
         tmp.write_bytes(b"new")
     assert out.read_bytes() == b"new"
+    assert list(tmp_path.iterdir()) == [out]
 
 
 def test_missing_folder_and_folder_target(tmp_path: Path) -> None:
@@ -51,3 +77,185 @@ def test_missing_folder_and_folder_target(tmp_path: Path) -> None:
         pass
     with pytest.raises(OutputExistsError, match="folder"), atomic_output(tmp_path, force=True):
         pass
+
+
+def test_temp_file_and_dir_are_removed(tmp_path: Path) -> None:
+    with temp_file(tmp_path, "m.gguf.f32") as f, temp_dir(tmp_path, "build") as d:
+        assert f.name.startswith(f".m.gguf.f32.{TEMP_MARK}-") and f.is_file()
+        assert d.name.startswith(f".build.{TEMP_MARK}-") and d.is_dir()
+        (d / "inside.gguf").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- outputs that are not regular files --------------------------------------------------------
+
+
+def _socket(folder: Path, _force: bool) -> Path:
+    # AF_UNIX paths are limited to ~100 bytes: pytest's tmp_path may be longer, so bind by name
+    # from inside the folder.
+    sock = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        sock.bind("sock")
+    finally:
+        os.chdir(cwd)
+    sock.close()
+    return folder / "sock"
+
+
+# kind -> (make(folder, force), what the error calls it)
+NOT_REGULAR: dict[str, tuple[Callable[[Path, bool], Path], str]] = {
+    "char device": (lambda d, force: char_device(d, force=force), "character device"),
+    "fifo": (lambda d, _: fifo(d), "FIFO"),
+    "socket": (_socket, "socket"),
+    "link to device": (
+        lambda d, force: link_to(char_device(d, force=force), d),
+        "character device",
+    ),
+    "link to fifo": (lambda d, _: link_to(fifo(d), d), "FIFO"),
+}
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("kind", list(NOT_REGULAR))
+def test_outputs_are_only_regular_files(tmp_path: Path, kind: str, force: bool) -> None:
+    make, said = NOT_REGULAR[kind]
+    out = make(tmp_path, force)
+    before = os.lstat(out)
+    with (
+        pytest.raises(OutputExistsError, match=f"is a {said}.*not a regular file") as info,
+        atomic_output(out, force=force),
+    ):
+        pytest.fail("the block must not run")
+    assert "\n" not in str(info.value)
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
+    assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
+
+
+def test_symlink_output_replaces_the_link_not_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "real.gguf"
+    real.write_bytes(b"target")
+    link = tmp_path / "link.gguf"
+    link.symlink_to(real)
+    with (
+        pytest.raises(OutputExistsError, match=r"symbolic link.*--force"),
+        atomic_output(link, force=False),
+    ):
+        pass
+    with atomic_output(link, force=True) as tmp:
+        tmp.write_bytes(b"new")
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert real.read_bytes() == b"target"
+
+
+def test_output_turned_into_fifo_while_writing_is_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "a.bin"
+    with pytest.raises(OutputExistsError, match="FIFO"), atomic_output(out, force=True) as tmp:
+        tmp.write_bytes(b"data")
+        os.mkfifo(out)
+    assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+# --- leftovers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """A process that is running for the whole test (another edgestack, as far as files go)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _host() -> str:
+    return temp_name("x").split(f"{TEMP_MARK}-")[1].rsplit("-", 2)[0]
+
+
+HOURS = 3600.0
+
+# case -> (owner: "dead" / "live" / "self" / "other-host", seconds since written, stale?)
+LEFTOVERS: dict[str, tuple[str, float, bool]] = {
+    "owner gone": ("dead", 0.0, True),
+    "owner gone, old": ("dead", 48 * HOURS, True),
+    "owner running": ("live", 0.0, False),
+    "owner running, old file": ("live", 48 * HOURS, True),  # pid reused by a newer process
+    "this process": ("self", 48 * HOURS, False),
+    "other host, recent": ("other-host", 1 * HOURS, False),
+    "other host, old": ("other-host", STALE_AFTER_S + HOURS, True),
+}
+
+
+@pytest.mark.parametrize("directory", [False, True])
+@pytest.mark.parametrize("case", list(LEFTOVERS))
+def test_leftovers_removed_by_next_write_only_when_stale(
+    tmp_path: Path,
+    live_pid: int,
+    case: str,
+    directory: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner, age, stale = LEFTOVERS[case]
+    pid = {"dead": _dead_pid(), "live": live_pid, "self": os.getpid(), "other-host": live_pid}
+    host = "some-other-host" if owner == "other-host" else _host()
+    junk = tmp_path / f".m.gguf.{TEMP_MARK}-{host}-{pid[owner]}-0123abcd"
+    if directory:
+        junk.mkdir()
+        (junk / "part.gguf").write_bytes(b"x" * 1000)
+        os.utime(junk / "part.gguf", (time.time() - age,) * 2)
+    else:
+        junk.write_bytes(b"x" * 1000)
+    os.utime(junk, (time.time() - age,) * 2)
+    unrelated = tmp_path / ".m.gguf.tmp"  # not edgestack's: never touched
+    unrelated.write_bytes(b"keep")
+
+    found = find_leftovers(tmp_path)
+    assert [f.path for f in found] == ([junk] if stale else [])
+    if stale:
+        assert found[0].size == 1000 and found[0].stale and found[0].reason
+    [listed] = find_leftovers(tmp_path, include_live=True)
+    assert listed.path == junk and listed.stale == stale
+
+    caplog.set_level(logging.INFO, logger="edge_stack._atomic")
+    with atomic_output(tmp_path / "other.gguf", force=False) as tmp:
+        tmp.write_bytes(b"out")
+    assert junk.exists() != stale
+    assert unrelated.read_bytes() == b"keep"
+    assert (str(junk) in caplog.text) == stale
+
+
+def test_legacy_names_only_on_request_and_only_when_old(tmp_path: Path) -> None:
+    old, new = tmp_path / ".m.gguf.ab_12xyz.f32.tmp", tmp_path / ".m.gguf.cd34efgh.tmp"
+    for path, age in ((old, 48 * HOURS), (new, 0.0)):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age,) * 2)
+    assert find_leftovers(tmp_path) == [] and remove_leftovers(tmp_path) == []
+    assert [str(f) for f in find_leftovers(tmp_path, legacy=True)] == [str(old)]
+    assert [f.path for f in remove_leftovers(tmp_path, legacy=True)] == [old]
+    assert sorted(tmp_path.iterdir()) == [new]
+
+
+def test_remove_leftovers_takes_a_list_and_skips_live_ones(tmp_path: Path, live_pid: int) -> None:
+    dead = tmp_path / temp_name("a.gguf").replace(f"-{os.getpid()}-", f"-{_dead_pid()}-")
+    live = tmp_path / temp_name("b.gguf").replace(f"-{os.getpid()}-", f"-{live_pid}-")
+    for path in (dead, live):
+        path.write_bytes(b"x")
+    found = find_leftovers(tmp_path, include_live=True)
+    assert {f.path: f.stale for f in found} == {dead: True, live: False}
+    assert [f.path for f in remove_leftovers(found)] == [dead]
+    assert list(tmp_path.iterdir()) == [live]
