@@ -18,6 +18,16 @@ app = typer.Typer(
 )
 
 
+def one_line(message: str) -> str:
+    """``message`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(message).split())
+
+
+def error_line(exc: BaseException) -> str:
+    """How an error is shown on stderr: one line, without a traceback."""
+    return f"edgestack: error: {one_line(str(exc))}"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"edgestack {__version__}")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from ._app import app
+from .._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_N_CTX, MAX_QUESTION_BYTES, MAX_THREADS
+from ._app import app, error_line
 
 if TYPE_CHECKING:
     from ..stack import Stack
@@ -27,16 +28,31 @@ TraceOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer and its stages as JSON.")]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for llama.cpp (default: all).")
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        max=MAX_THREADS,
+        help="CPU threads for llama.cpp (default: all cores; llama.cpp takes at most "
+        f"{MAX_THREADS}).",
+    ),
 ]
 MaxTokensOpt = Annotated[
-    int | None, typer.Option("--max-tokens", min=1, help="Override max_tokens for every stage.")
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        min=1,
+        max=MAX_N_CTX,
+        help="Override max_tokens for every stage (at most the stage's n_ctx).",
+    ),
 ]
 TemperatureOpt = Annotated[
     float | None,
     typer.Option("--temperature", min=0.0, max=2.0, help="Override temperature for every stage."),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, help="Override the sampling seed.")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", min=0, max=2**32 - 2, help="Override the sampling seed.")
+]
 NoLogOpt = Annotated[
     bool, typer.Option("--no-log", help="Do not record this run in the local log (edgestack logs).")
 ]
@@ -108,31 +124,6 @@ def _answer_one(
     return None
 
 
-def read_batch_file(path: Path) -> list[str]:
-    """The questions of a ``--batch`` file: one per line, blank lines skipped."""
-    from ..errors import BadArgument
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadArgument(
-            f"batch file {path} does not exist; give a text file with one question per line"
-        ) from None
-    except OSError as exc:
-        raise BadArgument(f"cannot read batch file {path}: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise BadArgument(
-            f"batch file {path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8"
-        ) from None
-    questions = [q.strip() for q in text.splitlines() if q.strip()]
-    if not questions:
-        raise BadArgument(f"batch file {path} has no questions; write one question per line")
-    return questions
-
-
 def _ask_batch(
     stack: Stack,
     questions: list[str],
@@ -158,7 +149,12 @@ def _ask_batch(
 @app.command()
 def ask(
     question: Annotated[
-        str | None, typer.Argument(help="The question, as one argument (quote it).")
+        str | None,
+        typer.Argument(
+            help=f"The question, as one argument (quote it); UTF-8, at most "
+            f"{MAX_QUESTION_BYTES // 1024} KiB.",
+            show_default=False,
+        ),
     ] = None,
     stack: StackOpt = None,
     trace: TraceOpt = False,
@@ -173,8 +169,10 @@ def ask(
         Path | None,
         typer.Option(
             "--batch",
-            help="Answer every line of this file (one question per line) together, with "
-            "llama.cpp's batched decoding; prints one JSON object per line, as --json does.",
+            help="Answer every line of this file (one question per line; - reads standard "
+            "input) together, with llama.cpp's batched decoding; prints one JSON object per "
+            f"line, as --json does. UTF-8, at most {MAX_BATCH_BYTES // (1 << 20)} MiB and "
+            f"{MAX_BATCH_LINES} lines.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -195,6 +193,7 @@ def ask(
     """
     from .._events import Answer
     from .._runlog import log_answer
+    from ._input import check_argv_question, read_batch_file
 
     if batch is not None:
         if question is not None:
@@ -218,6 +217,7 @@ def ask(
         return
     if question is None or not question.strip():
         raise typer.BadParameter("the question is empty", param_hint="QUESTION")
+    check_argv_question(question)
     loaded, path = _load(stack, threads, verbose)
     with loaded:
         answer = _answer_one(
@@ -251,7 +251,9 @@ def chat(
 ) -> None:
     """Keep a stack loaded and answer question after question, one per line of input.
 
-    Stops at the end of input or an empty line. Works with a pipe as well as a terminal.
+    Stops at the end of input or an empty line. Works with a pipe as well as a terminal. A
+    line that cannot be asked (not UTF-8, too long for the limit or a stage's context) prints
+    a one-line error and the session goes on; the exit code is then 1.
 
     Examples:
 
@@ -261,30 +263,49 @@ def chat(
     """
     from .._events import Answer
     from .._runlog import log_answer
+    from ..errors import Cancelled, EdgeStackError
+    from ..stack import check_question
+    from ._input import chat_lines
 
     interactive = sys.stdin.isatty()
+    failed = False
     loaded, path = _load(stack, threads, verbose)
     with loaded:
         if interactive:
             sys.stderr.write(f"{loaded.name}: ask a question (empty line or Ctrl-D to quit)\n")
+        lines = chat_lines(sys.stdin)
         while True:
             if interactive:
                 sys.stderr.write("> ")
                 sys.stderr.flush()
-            line = sys.stdin.readline()
-            question = line.strip()
-            if not question:
-                break
-            answer = _answer_one(
-                loaded,
-                question,
-                trace=trace,
-                as_json=as_json,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                out=sys.stdout,
-                err=sys.stderr,
-            )
+            line = next(lines, "")
+            try:
+                if isinstance(line, EdgeStackError):
+                    raise line
+                question = line.strip()
+                if not question:
+                    break
+                check_question(question)
+                answer = _answer_one(
+                    loaded,
+                    question,
+                    trace=trace,
+                    as_json=as_json,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed,
+                    out=sys.stdout,
+                    err=sys.stderr,
+                )
+            except Cancelled:
+                raise
+            except EdgeStackError as exc:
+                # One bad question costs its line, not the session (and not the loaded stack).
+                failed = True
+                sys.stdout.flush()
+                print(error_line(exc), file=sys.stderr, flush=True)
+                continue
             if isinstance(answer, Answer):
                 log_answer(answer, stack_path=path, enabled=not no_log)
+    if failed:
+        raise typer.Exit(1)
