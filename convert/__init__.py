@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_stack import __version__
-from edge_stack._atomic import atomic_output, check_output
+from edge_stack._atomic import atomic_output, check_output, temp_file
 from edge_stack.errors import BadArgument
 
 __all__ = ["DIRECT_OUTTYPES", "convert_checkpoint"]
@@ -89,16 +88,9 @@ def convert_checkpoint(
             from .quantize import quantize
 
             # Quantize from f32 so the only rounding is llama.cpp's own.
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=".f32.tmp", dir=target.parent
-            )
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
+            with temp_file(target.parent, f"{target.name}.f32") as tmp:
                 write(tmp, "f32")
                 quantize(tmp, target, qtype=name, force=force)
-            finally:
-                tmp.unlink(missing_ok=True)
     logger.info("converted %s -> %s (%s)", model, target, name)
     return target
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_stack import __version__
-from edge_stack._atomic import atomic_output
+from edge_stack._atomic import atomic_output, temp_dir
 from edge_stack.errors import EdgeStackError, OutputExistsError, VerificationFailed
 
 from ._build_state import STATE_NAME, BuildState, remove_quietly, step_key, unchanged
@@ -337,8 +336,8 @@ def build(
     keys = _keys(recipe, steps, state)
     out.mkdir(parents=True, exist_ok=True)
     total = len(steps) + 1
-    with tempfile.TemporaryDirectory(prefix=".edgestack-build-", dir=out) as scratch:
-        runner = _Runner(recipe, out, Path(scratch), threads)
+    with temp_dir(out, "build") as scratch:
+        runner = _Runner(recipe, out, scratch, threads)
         for index, step in enumerate(steps, start=1):
             key = keys[step.output]
             if not force and unchanged(state, out, step.output, key):

@@ -303,6 +303,8 @@ def parse_recipe(data: Mapping[str, Any], path: Path, *, check_files: bool = Tru
         )
 
     # The stack checks (names, prompt references, values, grammar files) are stack.toml's own.
+    # Files outside the recipe's folder are fine here (bases and adapters usually are): the
+    # build inlines grammar files into the stack.toml it writes.
     spec = parse_manifest(
         {
             "name": name,
@@ -313,6 +315,7 @@ def parse_recipe(data: Mapping[str, Any], path: Path, *, check_files: bool = Tru
         },
         path,
         check_files=False,
+        allow_outside_paths=True,
     )
     return Recipe(
         path=path,

@@ -23,7 +23,7 @@ from ._env import settings
 from ._pins import check_pin
 from ._prompt_cache import PromptCache
 from ._render import Rendered, Segment, tokenize_rendered
-from .errors import EdgeStackError
+from .errors import EdgeStackError, EngineError
 from .manifest import StackSpec, StageSpec
 
 if TYPE_CHECKING:
@@ -75,31 +75,52 @@ class LlamaRunner:
     def generate(
         self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
     ) -> Iterator[Chunk]:
+        restored: list[int] = []
         if self._first:
             self._first = False
-            self._to_save = self._first_call(tokens)
-        stream = self.context.generate(
-            tokens,
-            **asdict(params),
-            cancel=cancel,
-        )
+            self._to_save, restored = self._first_call(tokens)
+        yielded = False
         try:
-            for item in stream:
-                # id -1 carries held-back text at the end, not a new token.
-                yield Chunk(item.text, 0 if item.id < 0 else 1)
-        finally:
-            stream.close()
+            for chunk in self._stream(tokens, params, cancel):
+                yielded = True
+                yield chunk
+        except EngineError:
+            # llama_decode failed on top of a prefix from the prompt cache: that file goes, and
+            # the prompt is evaluated from scratch (unless text was already passed on).
+            if (
+                not restored
+                or self._prompt_cache is None
+                or not self.context.last_stats.cached_tokens
+            ):
+                raise
+            self._prompt_cache.discard(self.context, restored)
+            self.context.reset()
+            if yielded:
+                raise
+            self._to_save = restored
+            yield from self._stream(tokens, params, cancel)
         # Saved once this prompt has been evaluated in whole (not after a cancel or an error).
         done = self.context.last_stats.finish_reason not in ("", "cancelled")
         if self._to_save and self._prompt_cache is not None and done:
             self._prompt_cache.store(self.context, self._to_save)
             self._to_save = []
 
-    def _first_call(self, tokens: Sequence[int]) -> list[int]:
+    def _stream(
+        self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[Chunk]:
+        stream = self.context.generate(tokens, **asdict(params), cancel=cancel)
+        try:
+            for item in stream:
+                # id -1 carries held-back text at the end, not a new token.
+                yield Chunk(item.text, 0 if item.id < 0 else 1)
+        finally:
+            stream.close()
+
+    def _first_call(self, tokens: Sequence[int]) -> tuple[list[int], list[int]]:
         """On the first call, restore the fixed prompt start from the prompt cache; returns the
-        tokens to save after this call when they were not there (else [])."""
+        tokens to save after this call when they were not there, and those restored."""
         if self._prompt_cache is None:
-            return []
+            return [], []
         # The last token of the fixed text may merge with what follows it: only the common
         # part counts, in whole micro-batches (the only part a context reuses).
         n = 0
@@ -109,9 +130,11 @@ class LlamaRunner:
             n += 1
         n = min(n, len(tokens) - 1) // self.context.n_ubatch * self.context.n_ubatch
         if n == 0 or self.context.cached_tokens:
-            return []
+            return [], []
         prefix = [int(t) for t in tokens[:n]]
-        return [] if self._prompt_cache.restore(self.context, prefix) else prefix
+        if self._prompt_cache.restore(self.context, prefix):
+            return [], prefix
+        return prefix, []
 
     def _fixed_start(self) -> list[int]:
         head = []
@@ -218,6 +241,9 @@ class Engine:
                     if model is None:
                         model = LlamaModel.load(key, verbose=verbose)
                         self.models[key] = model
+                    if stage.grammar is not None:
+                        # Token references need the vocabulary: checked at load, not first ask.
+                        model.check_grammar(stage.grammar)
                     context = LlamaContext(
                         model,
                         n_ctx=stage.n_ctx,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._kernels import use_extra_bufts
 from ._keys import TOKENIZER_NORMALIZER
 from ._llama_context import GenStats, GenToken, LlamaContext
 from ._llama_lib import check_file, llama_errors, reason, set_llama_logging
@@ -66,12 +67,15 @@ class LlamaModel:
     def load(cls, path: str | os.PathLike[str], *, verbose: bool = False) -> LlamaModel:
         """Check and memory-map the GGUF file at ``path``."""
         path = Path(path)
-        check_file(path, "model")
+        summary = check_file(path, "model")
+        # Before llama.cpp's first use of the kernels: a probe child may have to run.
+        extra_bufts = use_extra_bufts({t.type for t in summary.tensors}, path)
         lib = _lib()
         if verbose:
             set_llama_logging(True)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.use_extra_bufts = extra_bufts
         params.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # shared pages between models and processes
         with llama_errors() as errors:
             ptr = lib.llama_model_load_from_file(os.fsencode(path), params)
@@ -144,7 +148,7 @@ class LlamaModel:
         return eog
 
     def check_grammar(self, grammar: str) -> None:
-        """Raise :class:`EngineError` with llama.cpp's reason if the GBNF ``grammar`` is invalid."""
+        """Raise :class:`GrammarError` (line, column, reason) if the GBNF ``grammar`` is not safe."""
         check_grammar(_lib(), self.vocab, grammar)
 
     def special_tokens(self) -> dict[str, int]:

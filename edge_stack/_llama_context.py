@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._limits import check_threads
 from ._llama_lib import check_file, default_threads, llama_errors, reason
 from ._llama_lib import lib as _lib
 from ._llama_sampling import StopText, build_sampler, check_grammar
@@ -112,7 +113,7 @@ class LlamaContext:
         self.kv_cache_type = kv_cache_type
         self.lora_scale = lora_scale
         self.flash_attn = flash_attn
-        threads = n_threads or default_threads()
+        threads = default_threads() if n_threads is None else check_threads(n_threads, "n_threads")
         self._lock = threading.Lock()
         self._call = itertools.count(1)
         self._current = 0
@@ -200,8 +201,9 @@ class LlamaContext:
             self._tokens = []
             self._reusable = 0
 
-    def save_prefix(self, path: str | os.PathLike[str], n_tokens: int) -> bool:
-        """Write the KV state of the first ``n_tokens`` cached tokens to ``path``; True if written.
+    def save_prefix(self, n_tokens: int) -> bytearray | None:
+        """llama.cpp's state of the first ``n_tokens`` cached tokens (its sequence state bytes,
+        for :meth:`load_prefix`); None when there is no such prefix or llama.cpp fails.
 
         Only a reusable prefix (whole prompt micro-batches, see the class docstring) is saved, so
         loading it gives what a fresh evaluation gives. The cache after it is dropped first.
@@ -209,26 +211,36 @@ class LlamaContext:
         with self._lock:
             self._live()
             if not 0 < n_tokens <= self._reusable or n_tokens % self.n_ubatch:
-                return False
+                return None
             lib = _lib()
             if len(self._tokens) > n_tokens:
                 if not lib.llama_memory_seq_rm(self._mem, 0, n_tokens, -1):
-                    return False
+                    return None
                 self._tokens = self._tokens[:n_tokens]
-            ids = (ctypes.c_int32 * n_tokens)(*self._tokens)
             with llama_errors() as errors:
-                written = lib.llama_state_seq_save_file(
-                    self._ctx, os.fsencode(path), 0, ids, n_tokens
+                size = lib.llama_state_seq_get_size(self._ctx, 0)
+                state = bytearray(size)
+                buf = (ctypes.c_uint8 * size).from_buffer(state)
+                written = lib.llama_state_seq_get_data(self._ctx, buf, size, 0) if size else 0
+                del buf  # releases the bytearray for the caller
+            if not size or written != size:
+                log.debug(
+                    "could not get the prompt state (%d of %d bytes): %s",
+                    written,
+                    size,
+                    reason(errors),
                 )
-            if not written:
-                log.debug("could not save the prompt state to %s: %s", path, reason(errors))
-            return bool(written)
+                return None
+            return state
 
-    def load_prefix(self, path: str | os.PathLike[str], tokens: Sequence[int]) -> bool:
-        """Replace the cache by the state :meth:`save_prefix` wrote for ``tokens``; True if loaded.
+    def load_prefix(self, state: bytes | bytearray | memoryview, tokens: Sequence[int]) -> bool:
+        """Replace the cache by ``state`` (from :meth:`save_prefix`) of ``tokens``; True if loaded.
 
-        Anything else in the file (other tokens, another model's shapes, a damaged file) leaves
-        the cache empty and returns False.
+        llama.cpp checks the state's shapes (layers, types, row sizes) and bounds every read by
+        ``len(state)``; on top of that the state must be consumed whole, re-serialize to the same
+        size and hold exactly positions ``0..len(tokens)-1``. Anything else leaves the cache
+        empty and returns False. The caller vouches for the KV values (see
+        :mod:`edge_stack._prompt_cache`, which checksums them).
         """
         n = len(tokens)
         with self._lock:
@@ -236,16 +248,29 @@ class LlamaContext:
             lib = _lib()
             lib.llama_memory_clear(self._mem, True)
             self._tokens, self._reusable = [], 0
-            if n == 0 or n % self.n_ubatch:
+            size = len(state)
+            if n == 0 or n % self.n_ubatch or size == 0:
                 return False
-            got = (ctypes.c_int32 * n)()
-            count = ctypes.c_size_t(0)
+            try:  # shares a writable buffer: no copy of a state that may be large
+                buf = (ctypes.c_uint8 * size).from_buffer(state)
+            except TypeError:  # read-only (bytes)
+                buf = (ctypes.c_uint8 * size).from_buffer_copy(state)
             with llama_errors() as errors:
-                read = lib.llama_state_seq_load_file(
-                    self._ctx, os.fsencode(path), 0, got, n, ctypes.byref(count)
+                read = lib.llama_state_seq_set_data(self._ctx, buf, size, 0)
+                del buf
+                ok = (
+                    read == size
+                    and lib.llama_memory_seq_pos_min(self._mem, 0) == 0
+                    and lib.llama_memory_seq_pos_max(self._mem, 0) == n - 1
+                    and lib.llama_state_seq_get_size(self._ctx, 0) == size
                 )
-            if not read or count.value != n or list(got) != list(tokens):
-                log.debug("prompt state %s not used: %s", path, reason(errors, "other tokens"))
+            if not ok:
+                log.debug(
+                    "prompt state not used (%d of %d bytes read): %s",
+                    read,
+                    size,
+                    reason(errors, "positions or size differ"),
+                )
                 lib.llama_memory_clear(self._mem, True)
                 return False
             self._tokens, self._reusable = [int(t) for t in tokens], n

@@ -14,10 +14,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._env import quiet_openmp, settings
 from .errors import ModelFileNotFound
+
+if TYPE_CHECKING:
+    from ._gguf_summary import GGUFSummary
 
 log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("edge_stack.llama_cpp")
@@ -40,21 +43,47 @@ _last_level = 0
 _captures: list[list[tuple[int, str]]] = []
 
 
+# A Ctrl-C that landed inside the log callback, for raise_pending_interrupt() to raise later.
+_pending_interrupt = False
+
+
 def _on_llama_log(level: int, text: bytes | None, _user: Any) -> None:
-    global _last_level
-    if level == _CONT:
-        level = _last_level
-    _last_level = level
-    if not text or not (_verbose or _captures):
-        return
-    message = text.decode("utf-8", errors="replace").strip()
-    if not message:
-        return
-    if level in (_WARN, _ERROR):
-        for capture in _captures:
-            capture.append((level, message))
-    if _verbose:
-        _llama_log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+    # Called from C through ctypes, which prints an exception escaping here as "Exception
+    # ignored" and drops it: so nothing escapes, and a Ctrl-C (Python raises KeyboardInterrupt
+    # wherever the main thread runs Python next, this callback included) is kept for later.
+    # Not airtight: Python can raise it on the function's first line, before this `try`; hence
+    # the quantizer runs llama.cpp in a child process that it kills on Ctrl-C.
+    global _last_level, _pending_interrupt
+    try:
+        if level == _CONT:
+            level = _last_level
+        _last_level = level
+        if not text or not (_verbose or _captures):
+            return
+        message = text.decode("utf-8", errors="replace").strip()
+        if not message:
+            return
+        if level in (_WARN, _ERROR):
+            for capture in _captures:
+                capture.append((level, message))
+        if _verbose:
+            _llama_log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+    except KeyboardInterrupt:
+        _pending_interrupt = True
+    except BaseException:
+        pass  # a lost log line is harmless; an exception escaping into C is not
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the KeyboardInterrupt the log callback caught, if any (call after a llama.cpp call).
+
+    A Ctrl-C often arrives while the main thread is inside llama.cpp; Python then raises it in
+    the next Python code it runs, which may be the log callback, where it must not escape.
+    """
+    global _pending_interrupt
+    if _pending_interrupt:
+        _pending_interrupt = False
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -105,22 +134,21 @@ def set_llama_logging(verbose: bool) -> None:
         _llama_log.setLevel(logging.INFO)
 
 
-def check_file(path: Path, kind: Literal["model", "adapter"]) -> None:
+def check_file(path: Path, kind: Literal["model", "adapter"]) -> GGUFSummary:
     """Validate a GGUF before llama.cpp sees it (llama.cpp may abort the process on a bad file)."""
     if not path.is_file():
         what = "LoRA adapter" if kind == "adapter" else "model"
         raise ModelFileNotFound(f"{what} file {path} does not exist; check the path")
-    try:
-        from ._gguf_check import check_gguf
-    except ImportError:  # pragma: no cover - only while the checker is being written
-        log.debug("edge_stack._gguf_check not available; %s not pre-checked", path)
-        return
-    check_gguf(path, kind=kind)
+    from ._gguf_check import check_gguf
+
+    return check_gguf(path, kind=kind)
 
 
 def default_threads() -> int:
-    """Threads for llama.cpp: EDGESTACK_THREADS, else every CPU."""
-    return settings().threads or os.cpu_count() or 1
+    """Threads for llama.cpp: EDGESTACK_THREADS, else every CPU this process may use."""
+    from ._limits import cpu_threads
+
+    return settings().threads or cpu_threads()
 
 
 _stderr_lock = threading.Lock()

@@ -66,6 +66,10 @@ class ChecksumMismatch(EdgeStackError, ValueError):
     """A file's sha256 differs from the pin in its stack.toml."""
 
 
+class GrammarError(EdgeStackError, ValueError):
+    """A GBNF grammar llama.cpp would refuse or could not run safely (syntax, rules, limits)."""
+
+
 class ContextOverflowError(EdgeStackError, ValueError):
     """A stage's prompt plus its max_tokens does not fit that stage's context."""
 
@@ -89,3 +93,21 @@ class Cancelled(EdgeStackError):
     """A generation was cancelled through its cancel handle (or Ctrl-C)."""
 
     exit_code = 130
+
+
+# --- local data --------------------------------------------------------------------------------
+
+
+class RunLogError(EdgeStackError, OSError):
+    """The local run log cannot be read: damaged (not SQLite, malformed) or locked too long."""
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+class ModelNotFound(EdgeStackError, LookupError):
+    """A request named a model (stack) id that the server does not serve."""
+
+
+class ServerBusy(EdgeStackError, RuntimeError):
+    """The server's request queue is full; the client should retry later."""

@@ -24,6 +24,11 @@ docs/stack-manifest.md. Rules:
 - a prompt names ``{question}`` and earlier stages only; ``{{`` and ``}}`` are literal braces,
   any other brace is an error;
 - ``grammar`` is inline GBNF when it contains ``::=``, otherwise a file relative to stack.toml;
+  either way it is checked (:mod:`edge_stack._grammar`) before any model loads;
+- ``model``, ``lora`` and grammar files must be inside the stack's folder after symlinks are
+  resolved, unless the caller allows outside paths (``allow_outside_paths=True`` or
+  EDGESTACK_ALLOW_OUTSIDE_PATHS=1): the stack's author cannot, so a stack.toml from elsewhere
+  cannot make edgestack read files outside its folder;
 - a stage needs ``len(prompt tokens) + max_tokens <= n_ctx``; a prompt that does not fit is never
   shortened: the ask fails with :class:`~edge_stack.errors.ContextOverflowError` naming the stage.
 
@@ -33,15 +38,19 @@ Every error names the file, and where it applies the stage and the key.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._env import settings
+from ._grammar import MAX_GRAMMAR_BYTES, validate_grammar
+from ._limits import MAX_N_CTX
 from ._render import Template, TemplateSyntaxError, parse_template
 from ._toml import read_toml
-from .errors import ManifestError, ModelFileNotFound
+from .errors import GrammarError, ManifestError, ModelFileNotFound
 
 __all__ = ["STAGE_KEYS", "StackSpec", "StageSpec", "load_manifest", "parse_manifest"]
 
@@ -170,18 +179,6 @@ def _float_range(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[ob
     return check
 
 
-def _finite(v: object) -> float:
-    if not _is_num(v):
-        raise ValueError(f"must be a finite number, got {v!r}")
-    return float(v)  # type: ignore[arg-type]
-
-
-def _positive(v: object) -> float:
-    if not _is_num(v) or v <= 0:  # type: ignore[operator]
-        raise ValueError(f"must be a number above 0, got {v!r}")
-    return float(v)  # type: ignore[arg-type]
-
-
 def _stop(v: object) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
         raise ValueError(f'must be a list of non-empty strings such as ["\\n"], got {v!r}')
@@ -200,25 +197,32 @@ def _sha256(v: object) -> str:
     return v.strip().lower()
 
 
+#: llama.cpp takes top_k as a C int
+_INT32_MAX = 2**31 - 1
+#: bounds of lora_scale (either sign) and repeat_penalty: far past any useful value, and kept
+#: well inside the C float llama.cpp stores them in
+MAX_LORA_SCALE = 100.0
+MAX_REPEAT_PENALTY = 100.0
+
 #: every stage key -> its checker; all of them may also sit in [defaults] except `name`
 STAGE_KEYS: dict[str, Callable[[object], Any]] = {
     "name": _str,
     "model": _nonempty_str,
     "lora": _nonempty_str,
-    "lora_scale": _finite,
+    "lora_scale": _float_range(-MAX_LORA_SCALE, MAX_LORA_SCALE),
     "sha256": _sha256,
     "lora_sha256": _sha256,
     "prompt": _nonempty_str,
     "stop": _stop,
-    "max_tokens": _int_range(1),
+    "max_tokens": _int_range(1, MAX_N_CTX),
     "temperature": _float_range(0.0, 2.0),
-    "top_k": _int_range(0),
+    "top_k": _int_range(0, _INT32_MAX),
     "top_p": _float_range(0.0, 1.0, lo_open=True),
     "min_p": _float_range(0.0, 1.0),
-    "repeat_penalty": _positive,
+    "repeat_penalty": _float_range(0.0, MAX_REPEAT_PENALTY, lo_open=True),
     "seed": _int_range(0, 2**32 - 2),
     "grammar": _nonempty_str,
-    "n_ctx": _int_range(16, 1 << 20),
+    "n_ctx": _int_range(16, MAX_N_CTX),
     "kv_cache_type": _kv_cache_type,
 }
 _TOP_KEYS = {"name", "description", "version", "defaults", "stages"}
@@ -241,23 +245,92 @@ def _check_keys(
 
 
 def _resolve_file(
-    root: Path, value: str, where: _Where, *, stage: str, key: str, check: bool
+    root: Path, value: str, where: _Where, *, stage: str, key: str, check: bool, outside_ok: bool
 ) -> Path:
-    path = (
-        (root / Path(value).expanduser()).resolve()
-        if not Path(value).is_absolute()
-        else Path(value)
-    )
+    """The absolute path of a stage's file, symlinks resolved; inside ``root`` unless
+    ``outside_ok``; an existing regular file if ``check``."""
+    if "\0" in value:
+        raise where.error("expected a file path, found a NUL character in it", stage=stage, key=key)
+    try:
+        path = (root / Path(value).expanduser()).resolve()
+        folder = root.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise where.error(
+            f"cannot resolve {value!r} ({exc.__class__.__name__}); fix the path or the links",
+            stage=stage,
+            key=key,
+        ) from None
+    if not outside_ok and not path.is_relative_to(folder):
+        raise where.error(
+            f"expected a file inside the stack folder {folder}, found {path} (symlinks "
+            "resolved); move the file into the folder, or set EDGESTACK_ALLOW_OUTSIDE_PATHS=1 "
+            "if you trust this stack.toml",
+            stage=stage,
+            key=key,
+        )
     if check and not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a folder, not a file"
+        else:
+            what = "is not a regular file" if path.exists() else "does not exist"
         raise where.missing(
             f"{path} {what}; fix the path (it is relative to stack.toml)", stage=stage, key=key
         )
     return path
 
 
-def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = True) -> StackSpec:
-    """Validate parsed TOML ``data`` as the manifest at ``path``."""
+def _stage_grammar(root: Path, value: str, where: _Where, *, stage: str, outside_ok: bool) -> str:
+    """A stage's GBNF text, checked as llama.cpp will parse it: inline when ``value`` holds
+    ``::=``, else read from that file (at most MAX_GRAMMAR_BYTES). Errors give the line and
+    column in the grammar, never its text."""
+    source: str | bytes = value
+    name = "GBNF grammar"
+    if "::=" not in value:
+        path = _resolve_file(
+            root, value, where, stage=stage, key="grammar", check=True, outside_ok=outside_ok
+        )
+        name = f"GBNF grammar file {path}"
+        try:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                # One byte past the limit is enough to refuse a bigger file without reading it.
+                source = file.read(MAX_GRAMMAR_BYTES + 1)
+        except OSError as exc:
+            raise where.error(
+                f"cannot read {path}: {exc.strerror or exc.__class__.__name__}; check the file "
+                "and its permissions",
+                stage=stage,
+                key="grammar",
+            ) from None
+        if len(source) > MAX_GRAMMAR_BYTES:
+            raise where.error(
+                f"{name}: expected at most {MAX_GRAMMAR_BYTES:,} bytes, found "
+                f"{max(size, len(source)):,}; make the grammar smaller",
+                stage=stage,
+                key="grammar",
+            )
+    try:
+        validate_grammar(source, name=name)
+    except GrammarError as exc:
+        raise where.error(str(exc), stage=stage, key="grammar") from None
+    return source.decode("utf-8") if isinstance(source, bytes) else source
+
+
+def parse_manifest(
+    data: Mapping[str, Any],
+    path: Path,
+    *,
+    check_files: bool = True,
+    allow_outside_paths: bool | None = None,
+) -> StackSpec:
+    """Validate parsed TOML ``data`` as the manifest at ``path``.
+
+    Stage files must be inside ``path``'s folder unless ``allow_outside_paths`` (default:
+    EDGESTACK_ALLOW_OUTSIDE_PATHS).
+    """
+    outside_ok = (
+        settings().allow_outside_paths if allow_outside_paths is None else allow_outside_paths
+    )
     where = _Where(path)
     root = path.parent
     _check_keys(data, _TOP_KEYS, where, stage=None, section="the top level")
@@ -338,6 +411,15 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
                 raise where.error(
                     "missing key (set it in the stage or in [defaults])", stage=label, key=required
                 )
+        max_tokens = values.get("max_tokens", StageSpec.max_tokens)
+        if max_tokens > values.get("n_ctx", StageSpec.n_ctx):
+            raise where.error(
+                f"{max_tokens} is more than the stage's n_ctx "
+                f"({values.get('n_ctx', StageSpec.n_ctx)}), so the stage could never run; lower "
+                "max_tokens or raise n_ctx",
+                stage=label,
+                key="max_tokens",
+            )
         if "lora_sha256" in values and "lora" not in values:
             raise where.error(
                 "pins an adapter but the stage has no 'lora'", stage=label, key="lora_sha256"
@@ -363,22 +445,28 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
             )
 
         model = _resolve_file(
-            root, values["model"], where, stage=label, key="model", check=check_files
+            root,
+            values["model"],
+            where,
+            stage=label,
+            key="model",
+            check=check_files,
+            outside_ok=outside_ok,
         )
         lora = None
         if "lora" in values:
             lora = _resolve_file(
-                root, values["lora"], where, stage=label, key="lora", check=check_files
+                root,
+                values["lora"],
+                where,
+                stage=label,
+                key="lora",
+                check=check_files,
+                outside_ok=outside_ok,
             )
         grammar = values.get("grammar")
-        if grammar is not None and "::=" not in grammar:
-            gpath = _resolve_file(root, grammar, where, stage=label, key="grammar", check=True)
-            try:
-                grammar = gpath.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise where.error(
-                    f"cannot read {gpath}: {exc}", stage=label, key="grammar"
-                ) from None
+        if grammar is not None:
+            grammar = _stage_grammar(root, grammar, where, stage=label, outside_ok=outside_ok)
 
         fields: dict[str, Any] = {
             k: v
@@ -403,12 +491,16 @@ def parse_manifest(data: Mapping[str, Any], path: Path, *, check_files: bool = T
     )
 
 
-def load_manifest(path: str | Path, *, check_files: bool = True) -> StackSpec:
+def load_manifest(
+    path: str | Path, *, check_files: bool = True, allow_outside_paths: bool | None = None
+) -> StackSpec:
     """Read and validate a ``stack.toml`` (or the ``stack.toml`` inside a stack folder).
 
     Raises :class:`~edge_stack.errors.ManifestError` for anything wrong in the file and
     :class:`~edge_stack.errors.ModelFileNotFound` for a missing manifest or a missing model file
     (``check_files=False`` skips the model and adapter existence checks, as ``inspect`` does).
+    Stage files outside the stack's folder are refused unless ``allow_outside_paths`` (default:
+    EDGESTACK_ALLOW_OUTSIDE_PATHS).
     """
     p = Path(path).expanduser()
     if p.is_dir():
@@ -419,4 +511,4 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> StackSpec:
             f"stack manifest {p} does not exist; pass a stack.toml or a stack folder"
         )
     data = read_toml(p, "manifest")
-    return parse_manifest(data, p, check_files=check_files)
+    return parse_manifest(data, p, check_files=check_files, allow_outside_paths=allow_outside_paths)

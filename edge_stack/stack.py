@@ -14,21 +14,28 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Generator, Sequence
-from pathlib import Path
+from dataclasses import replace
 from types import TracebackType
 
 from ._backend import Backend, GenerationParams
+from ._env import settings
 from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
+from ._limits import MAX_N_CTX, MAX_QUESTION_BYTES, check_threads
+from ._paths import stack_file
 from ._render import render
 from .errors import BadArgument, Cancelled, ContextOverflowError, EngineError
 from .manifest import StackSpec, StageSpec, load_manifest
 
-__all__ = ["Stack"]
+__all__ = ["Stack", "check_question"]
 
 logger = logging.getLogger(__name__)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Stripper:
@@ -70,18 +77,32 @@ class Stack:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, threads: int | None = None, verbose: bool | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        verbose: bool | None = None,
     ) -> Stack:
         """Load the stack at ``path`` (a ``stack.toml`` or its folder) with llama.cpp.
 
         Every file is checked (sha256 pins, GGUF structure, adapter fits its base) before
-        llama.cpp sees it. ``threads`` defaults to EDGESTACK_THREADS or the machine's cores;
-        ``verbose`` lets llama.cpp print its own log (default: EDGESTACK_VERBOSE).
+        llama.cpp sees it. ``threads`` (1 to 512, llama.cpp's limit) defaults to
+        EDGESTACK_THREADS or the machine's cores; ``verbose`` lets llama.cpp print its own log
+        (default: EDGESTACK_VERBOSE). A stage whose n_ctx is above its model's training context
+        loads, with a warning logged.
         """
         from ._engine import Engine
 
-        spec = load_manifest(path)
-        return cls(spec, Engine(spec, threads=threads, verbose=verbose))
+        # Checked before anything loads (a bad EDGESTACK_THREADS fails here too).
+        threads = (
+            settings().threads
+            if threads is None
+            else check_threads(threads, "Stack.load(threads=)")
+        )
+        spec = load_manifest(stack_file(path, "Stack.load"))
+        engine = Engine(spec, threads=threads, verbose=verbose)
+        _warn_past_training(spec, engine)
+        return cls(spec, engine)
 
     @property
     def spec(self) -> StackSpec:
@@ -107,16 +128,23 @@ class Stack:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
     ) -> Answer:
         """Run every stage on ``question`` and return the answer with each stage's trace.
 
         ``max_tokens``, ``temperature`` and ``seed`` override the manifest for every stage of this
-        call. Setting ``cancel`` (from any thread) stops generation within a token and raises
+        call; ``stop`` adds stop strings to the last stage (the answer), as an OpenAI client's
+        ``stop`` does (at most 4). Setting ``cancel`` (from any thread) stops generation within a token and raises
         :class:`~edge_stack.errors.Cancelled`.
         """
         events = self.stream(
-            question, max_tokens=max_tokens, temperature=temperature, seed=seed, cancel=cancel
+            question,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=stop,
+            cancel=cancel,
         )
         try:
             for event in events:
@@ -153,11 +181,14 @@ class Stack:
 
         if isinstance(questions, str):
             raise TypeError("questions must be a sequence of str, not one str")
+        questions = list(questions)
+        for number, question in enumerate(questions):
+            check_question(question, f"questions[{number}]")
         _check_overrides(max_tokens, temperature, seed)
         params = {s.name: _params(s, max_tokens, temperature, seed) for s in self._spec.stages}
         return ask_batch(
             self,
-            list(questions),
+            questions,
             batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
             params_for=params,
             cancel=cancel or threading.Event(),
@@ -170,6 +201,7 @@ class Stack:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
     ) -> Generator[Event, None, None]:
         """Like :meth:`ask`, but yield events as they happen: ``StageStarted``, ``Token`` (each
@@ -178,10 +210,12 @@ class Stack:
         A stage's lock is held while its events are consumed, so do not call this stack again
         from inside the loop on the same thread (that raises EngineError instead of deadlocking).
         """
-        if not isinstance(question, str):
-            raise TypeError(f"question must be a str, got {type(question).__name__}")
+        check_question(question)
         _check_overrides(max_tokens, temperature, seed)
-        return self._run(question, max_tokens, temperature, seed, cancel or threading.Event())
+        extra_stop = _check_stop(stop)
+        return self._run(
+            question, max_tokens, temperature, seed, extra_stop, cancel or threading.Event()
+        )
 
     def _run(
         self,
@@ -189,13 +223,17 @@ class Stack:
         max_tokens: int | None,
         temperature: float | None,
         seed: int | None,
+        extra_stop: tuple[str, ...],
         cancel: threading.Event,
     ) -> Generator[Event, None, None]:
         start = time.perf_counter()
         values = {"question": question}
         traces: list[StageTrace] = []
+        last = len(self._spec.stages) - 1
         for index, stage in enumerate(self._spec.stages):
             params = _params(stage, max_tokens, temperature, seed)
+            if index == last and extra_stop:
+                params = replace(params, stop=params.stop + extra_stop)
             rendered = render(stage.template, values)
             with self._hold(stage.name):
                 if cancel.is_set():
@@ -327,13 +365,81 @@ class _StageHold:
         self.stack._locks[self.stage].release()
 
 
+def check_question(question: object, name: str = "question") -> None:
+    """Refuse what no stage can take: not a str (TypeError), a lone surrogate (not Unicode text,
+    cannot become UTF-8) or more than MAX_QUESTION_BYTES of UTF-8 (BadArgument). Checked before
+    tokenizing, so an oversized question costs no time."""
+    if not isinstance(question, str):
+        raise TypeError(f"{name} must be a str, got {type(question).__name__}")
+    # Characters never outnumber UTF-8 bytes: the cheap test first, then the exact one.
+    too_long = len(question) > MAX_QUESTION_BYTES
+    if not too_long and (bad := _SURROGATE.search(question)) is not None:
+        raise BadArgument(
+            f"{name} has a lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}, "
+            "which is not text and has no UTF-8 form; decode input bytes with "
+            "errors='replace' (or fix the source of the text)"
+        )
+    size = len(question) if too_long else len(question.encode("utf-8"))
+    if size > MAX_QUESTION_BYTES:
+        at_least = "at least " if too_long else ""
+        raise BadArgument(
+            f"{name} is {at_least}{size} bytes of UTF-8, more than the limit of "
+            f"{MAX_QUESTION_BYTES}; shorten it"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: at most this many extra stop strings per call (OpenAI's limit), each at most this long
+MAX_STOP, MAX_STOP_CHARS = 4, 200
+
+
+def _check_stop(stop: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+        raise BadArgument("stop must be a string or a sequence of strings")
+    if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise BadArgument(
+            f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters"
+        )
+    return tuple(s for s in stop if s)
+
+
 def _check_overrides(max_tokens: int | None, temperature: float | None, seed: int | None) -> None:
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise BadArgument(f"max_tokens must be an integer of at least 1, got {max_tokens!r}")
-    if temperature is not None and not (0.0 <= temperature <= 2.0):
-        raise BadArgument(f"temperature must be between 0 and 2, got {temperature!r}")
-    if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**32 - 1):
-        raise BadArgument(f"seed must be an integer from 0 to 2**32-2, got {seed!r}")
+    if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_N_CTX):
+        raise BadArgument(
+            f"max_tokens must be a whole number from 1 to {MAX_N_CTX} (and fit the stages' "
+            f"n_ctx), got {max_tokens!r}"
+        )
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0.0 <= temperature <= 2.0
+    ):
+        raise BadArgument(f"temperature must be a number from 0 to 2, got {temperature!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**32 - 1):
+        raise BadArgument(f"seed must be a whole number from 0 to 2**32-2, got {seed!r}")
+
+
+def _warn_past_training(spec: StackSpec, backend: Backend) -> None:
+    """Log a warning for each stage whose n_ctx is above its model's training context: llama.cpp
+    runs it, but positions past what the model was trained on give poor text."""
+    for stage in spec.stages:
+        model = getattr(backend.runner(stage.name), "model", None)
+        trained = getattr(model, "n_ctx_train", 0)
+        if isinstance(trained, int) and 0 < trained < stage.n_ctx:
+            logger.warning(
+                "%s, stage %s: n_ctx %d is above the model's training context (%d tokens); "
+                "text past that many tokens degrades, lower n_ctx to %d",
+                spec.path,
+                stage.name,
+                stage.n_ctx,
+                trained,
+                trained,
+            )
 
 
 def _params(

@@ -8,14 +8,49 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    """No test reads the user's data folder or reaches the network; llama.cpp runs one thread."""
+@pytest.fixture(scope="session")
+def _kernel_verdicts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This machine's kernel-probe verdict, probed once for the session (edge_stack._kernels)."""
+    import os
+
+    from edge_stack import _kernels
     from edge_stack._env import settings
 
-    monkeypatch.setenv("EDGESTACK_HOME", str(tmp_path_factory.mktemp("edgestack-home")))
+    home = tmp_path_factory.mktemp("kernel-probe-home")
+    saved = {k: os.environ.get(k) for k in ("EDGESTACK_HOME", "EDGESTACK_PROBE_FAULT")}
+    os.environ["EDGESTACK_HOME"] = str(home)
+    os.environ.pop("EDGESTACK_PROBE_FAULT", None)
+    settings.cache_clear()
+    try:
+        _kernels.verdict()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        settings.cache_clear()
+    return home / "kernels"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    _kernel_verdicts: Path,
+) -> Iterator[None]:
+    """No test reads the user's data folder or reaches the network; llama.cpp runs one thread.
+
+    Each data folder starts with the session's kernel verdict, so child processes (CLI runs,
+    doctor) do not probe again; tests of the probe itself remove it.
+    """
+    import shutil
+
+    from edge_stack._env import settings
+
+    home = tmp_path_factory.mktemp("edgestack-home")
+    shutil.copytree(_kernel_verdicts, home / "kernels")
+    monkeypatch.setenv("EDGESTACK_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     for name in (
@@ -24,6 +59,8 @@ def _isolated_env(
         "EDGESTACK_NO_LOG",
         "EDGESTACK_VERBOSE",
         "EDGESTACK_NO_PROMPT_CACHE",
+        "EDGESTACK_KERNELS",
+        "EDGESTACK_PROBE_FAULT",
     ):
         monkeypatch.delenv(name, raising=False)
     # One thread: the suite runs on small shared CI machines, and results do not depend on it.

@@ -10,7 +10,7 @@ from typer.exceptions import TyperException
 
 from .._env import settings
 from ..errors import EdgeStackError
-from ._app import app
+from ._app import app, error_line, one_line
 
 # Each module registers its commands on `app` (the order is the order of --help); they import
 # heavy packages only when a command runs.
@@ -25,13 +25,19 @@ from . import (  # noqa: F401  isort: skip
     _build_cmd,
     _eval_cmd,
     _bench_cmd,
+    _serve_cmd,
+    _doctor_cmd,
 )
 
 __all__ = ["app", "main"]
 
 
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+def _usage_line(exc: TyperException) -> str:
+    """A usage error as one line that ends by naming the help to read."""
+    message = one_line(exc.format_message()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "edgestack"
+    return f"edgestack: error: {message}; see '{command} --help'"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,13 +55,13 @@ def main(argv: list[str] | None = None) -> None:
         print("edgestack: interrupted", file=sys.stderr)
         sys.exit(130)
     except TyperException as exc:
-        # Usage errors: typer shows the usage line and the problem, as users of any CLI expect.
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
+        # typer vendors click, whose usage errors (bad option value, missing argument, ...) all
+        # derive from TyperException; `edgestack` alone is one of them, carrying the help text.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
         else:
-            print(f"edgestack: error: {_one_line(str(exc))}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
+            print(_usage_line(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -64,19 +70,19 @@ def main(argv: list[str] | None = None) -> None:
     except EdgeStackError as exc:
         if debug:
             raise
-        print(f"edgestack: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except OSError as exc:
         # Disk full, permission denied, ...: the OS already says what and where.
         if debug:
             raise
-        print(f"edgestack: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         sys.exit(1)
     except Exception as exc:
         if debug:
             raise
         print(
-            f"edgestack: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            f"edgestack: internal error: {type(exc).__name__}: {one_line(str(exc))} "
             "(run again with EDGESTACK_DEBUG=1 for the traceback, and please report it)",
             file=sys.stderr,
         )

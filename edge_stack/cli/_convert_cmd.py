@@ -70,8 +70,7 @@ def _verify_against_checkpoint(
 ) -> None:
     """Compare the output with its source: the checkpoint through transformers, or, with LoRA
     merged in (which transformers alone cannot apply), an f32 conversion with the same merge."""
-    import tempfile
-
+    from edge_stack._atomic import temp_dir
     from edge_stack.convert import convert_checkpoint
     from edge_stack.convert.hub import resolve_model_dir
     from edge_stack.convert.verify import verify as run_verify
@@ -82,11 +81,11 @@ def _verify_against_checkpoint(
         report = run_verify(path, resolve_model_dir(model))
     else:
         source = f"{model} with {', '.join(merge_lora)} merged (f32)"
-        with tempfile.TemporaryDirectory(prefix="edgestack-verify-") as tmp:
+        with temp_dir(path.parent, f"{path.name}.verify") as tmp:
             with progress_bar("converting the f32 reference") as progress:
                 reference = convert_checkpoint(
                     model,
-                    Path(tmp) / "reference.f32.gguf",
+                    tmp / "reference.f32.gguf",
                     outtype="f32",
                     merge_lora=merge_lora,
                     lora_scale=lora_scale,

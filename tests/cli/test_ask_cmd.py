@@ -130,6 +130,62 @@ def test_chat_json_lines_until_eof(
 
 
 @pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (
+            b"caf\xe9 au lait",
+            "line 2 of standard input is not valid UTF-8 (byte 0xE9 at byte offset 3",
+        ),
+        (b"x" * 70_000, "line 2 of standard input is more than 65536 bytes"),
+        (b"word " * 300, "stage extract"),  # too long for the stage's context
+    ],
+)
+def test_chat_survives_a_bad_line(
+    tiny_stack: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bad: bytes,
+    match: str,
+) -> None:
+    with Stack.load(tiny_stack, threads=1) as stack:
+        want = [stack.ask(q).text for q in ("one", "two")]
+    stdin = io.TextIOWrapper(io.BytesIO(b"one\n" + bad + b"\ntwo\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run(["chat", "--stack", str(tiny_stack), "--no-log"], capsys)
+    assert code == 1 and out == "".join(f"{w}\n" for w in want)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("edgestack: error: ")
+    assert match in err and "Traceback" not in err
+
+
+def test_chat_survives_a_lone_surrogate(
+    tiny_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A text stream without bytes underneath (an embedding program's own stdin object).
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one\nbad \ud800\ntwo\n"))
+    code, out, err = run(["chat", "--stack", str(tiny_stack), "--no-log"], capsys)
+    assert code == 1 and len(out.splitlines()) == 2
+    assert len(err.strip().splitlines()) == 1 and "lone surrogate U+D800 at character 4" in err
+
+
+def test_more_threads_than_cores_warns_on_stderr(tiny_stack: Path) -> None:
+    from edge_stack._limits import cpu_threads
+
+    threads = cpu_threads() + 1
+    argv = ["ask", "What is 1 plus 1?", "--stack", str(tiny_stack), "--threads", str(threads)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_stack", *argv, "--no-log"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip()
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and f"is {threads} but this process may use {threads - 1} cores" in lines[0]
+    )
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["ask", "q", "--stack", "/nonexistent/stack.toml"], "does not exist"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,13 +52,33 @@ def test_batch_equals_one_by_one(
     assert [_without_seconds(a) for a in answers] == expected
 
 
+def test_batch_from_standard_input(
+    tiny_stack: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = tmp_path / "questions.txt"
+    batch.write_text("\n".join(QUESTIONS) + "\n", encoding="utf-8")
+    code, from_file, err = run(["ask", "--batch", str(batch), "--stack", str(tiny_stack)], capsys)
+    assert code == 0 and err == ""
+    data = ("\n".join(QUESTIONS) + "\n").encode("utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, from_stdin, err = run(["ask", "--batch", "-", "--stack", str(tiny_stack)], capsys)
+    assert code == 0 and err == ""
+    assert [_without_seconds(json.loads(line)) for line in from_stdin.splitlines()] == [
+        _without_seconds(json.loads(line)) for line in from_file.splitlines()
+    ]
+    assert len(from_stdin.splitlines()) == len(QUESTIONS)
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
         (None, "does not exist"),
         (b"", "has no questions"),
         (b"\n   \n\t\n", "has no questions"),
-        (b"What is 2 plus 3?\n\xff\xfe bad\n", "not UTF-8 text (bad byte at line 2)"),
+        (b"What is 2 plus 3?\n\xff\xfe bad\n", "not UTF-8 text (bad byte 0xFF at line 2"),
     ],
 )
 def test_bad_batch_file_is_one_line(

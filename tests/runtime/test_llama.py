@@ -12,7 +12,13 @@ import pytest
 
 from edge_stack._llama import GenToken, LlamaContext, LlamaModel, set_llama_logging
 from edge_stack._llama_sampling import StopText
-from edge_stack.errors import ContextOverflowError, EngineError, GGUFFileError, ModelFileNotFound
+from edge_stack.errors import (
+    ContextOverflowError,
+    EngineError,
+    GGUFFileError,
+    GrammarError,
+    ModelFileNotFound,
+)
 
 pytestmark = [pytest.mark.llama, pytest.mark.torch]
 
@@ -355,9 +361,9 @@ def test_grammar_constrains_output(
     ids = _ids(neox, PROMPT)
     out = _text(list(ctx.generate(ids, max_tokens=10, grammar='root ::= "yes" | "no"')))
     assert out in {"yes", "no"}
-    with pytest.raises(EngineError, match=r"grammar.*expecting"):
+    with pytest.raises(GrammarError, match=r"grammar line 1, column 11: expected"):
         ctx.generate(ids, max_tokens=3, grammar="root ::= (")  # refused before any evaluation
-    with pytest.raises(EngineError, match="grammar"):
+    with pytest.raises(GrammarError, match="'root'"):
         neox.check_grammar('start ::= "a"')  # no root rule
     neox.check_grammar('root ::= [0-9]+ "." [0-9]*')
     assert capfd.readouterr().err == ""  # llama.cpp's parser message went into the error

@@ -286,3 +286,227 @@ def test_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "stack.toml").write_bytes(b'version = 1\nname = "\xff"\n')
     with pytest.raises(ManifestError, match="UTF-8"):
         load_manifest(tmp_path)
+
+
+# --- grammars: checked at load time, errors name the file, the stage and the position ----------
+
+GRAMMAR_STAGE = 'version = 1\n[[stages]]\nname = "s"\nmodel = "base.gguf"\nprompt = "{question}"\n'
+
+
+@pytest.mark.parametrize(
+    ("grammar_key", "file_data", "expected"),
+    [
+        ("grammar = 'root ::= [z-a]'", None, ["GBNF grammar line 1, column 11", "'z' to 'a'"]),
+        ("grammar = 'root ::= foo'", None, ["line 1, column 10", "rule 'foo'"]),
+        ("grammar = 'root ::= root \"a\"'", None, ["line 1, column 1", "left recursion"]),
+        ('grammar = "root ::= \\"a\\u0000\\""', None, ["line 1, column 12", "NUL"]),
+        (
+            'grammar = "g.gbnf"',
+            b'root ::= "a" x\n\nx ::= ("b"\n',
+            [
+                "GBNF grammar file",
+                "g.gbnf line 4, column 1",
+                "')' closing the group at line 3, column 7",
+            ],
+        ),
+        ('grammar = "g.gbnf"', b'root ::= "a"\nx ::= "\xff"\n', ["line 2, column 8", "UTF-8"]),
+        ('grammar = "g.gbnf"', b"root ::= " + b"(" * 200_000, ["131,072 bytes", "200,009"]),
+        ('grammar = "g.gbnf"', b'root ::= "' + b"a" * 5_000_000, ["131,072 bytes", "5,000,010"]),
+        ('grammar = "g.gbnf"', b"", ["line 1, column 1", "'root'"]),
+    ],
+)
+@pytest.mark.parametrize("check_files", [True, False], ids=["load", "inspect"])
+def test_grammar_errors_at_load(
+    make_stack: MakeStack,
+    grammar_key: str,
+    file_data: bytes | None,
+    expected: list[str],
+    check_files: bool,
+) -> None:
+    path = make_stack(GRAMMAR_STAGE + grammar_key + "\n")
+    if file_data is not None:
+        (path.parent / "g.gbnf").write_bytes(file_data)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, check_files=check_files)
+    message = str(info.value)
+    assert message.startswith(f"{path}: stage 's', key 'grammar': ") and "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_grammar_in_defaults_checked_for_every_stage(make_stack: MakeStack) -> None:
+    path = make_stack(
+        "version = 1\n[defaults]\ngrammar = 'root ::= [9-0]'\n[[stages]]\n"
+        'name = "s"\nmodel = "base.gguf"\nprompt = "{question}"\n'
+    )
+    with pytest.raises(ManifestError, match=r"stage 's', key 'grammar': .*column 11"):
+        load_manifest(path)
+
+
+def test_inspect_refuses_a_bad_grammar(
+    make_stack: MakeStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_support import run
+
+    path = make_stack(GRAMMAR_STAGE + "grammar = 'root ::= (((\"a\"'\n", files=())
+    code, _, err = run(["inspect", str(path)], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "stage 's', key 'grammar'" in err and "line 1, column 16" in err
+
+
+SECRET = "root:x:0:0:hunter2-secret:/root:/bin/bash\nsvc:x:1:1:tok3n:/home/svc:/bin/sh\n"
+
+
+def _no_secret(message: str) -> bool:
+    return not any(word in message for word in ("hunter2", "tok3n", "bash", "/home/svc"))
+
+
+# --- files stay inside the stack's folder ------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _outside_paths_not_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the developer's shell says: tests that allow outside paths do it themselves."""
+    from edge_stack._env import settings
+
+    monkeypatch.delenv("EDGESTACK_ALLOW_OUTSIDE_PATHS", raising=False)
+    settings.cache_clear()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the stacks with a model, an adapter and a passwd-like 'grammar'."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    for name in ("m.gguf", "a.gguf"):
+        (folder / name).write_bytes(b"")
+    (folder / "passwd").write_text(SECRET)
+    return folder
+
+
+# (stage lines, links to make in the stack folder: name -> target under `outside`)
+OUTSIDE = [
+    pytest.param('model = "../outside/m.gguf"', {}, "model", id="model-dotdot"),
+    pytest.param('model = "sub/../../outside/m.gguf"', {}, "model", id="model-sub-dotdot"),
+    pytest.param('model = "{outside}/m.gguf"', {}, "model", id="model-absolute"),
+    pytest.param('model = "link.gguf"', {"link.gguf": "m.gguf"}, "model", id="model-symlink"),
+    pytest.param(
+        'model = "dir/m.gguf"', {"dir": "."}, "model", id="model-through-symlinked-folder"
+    ),
+    pytest.param('model = "base.gguf"\nlora = "../outside/a.gguf"', {}, "lora", id="lora"),
+    pytest.param(
+        'model = "base.gguf"\ngrammar = "../outside/passwd"', {}, "grammar", id="grammar-dotdot"
+    ),
+    pytest.param(
+        'model = "base.gguf"\ngrammar = "../../../../../../../../../../{outside}/passwd"',
+        {},
+        "grammar",
+        id="grammar-climbing",
+    ),
+    pytest.param(
+        'model = "base.gguf"\ngrammar = "g.gbnf"',
+        {"g.gbnf": "passwd"},
+        "grammar",
+        id="grammar-symlink",
+    ),
+]
+
+
+def _stack_with(make_stack: MakeStack, outside: Path, lines: str, links: dict[str, str]) -> Path:
+    path = make_stack(
+        'version = 1\n[[stages]]\nname = "s"\nprompt = "{question}"\n'
+        + lines.replace("{outside}", str(outside).lstrip("/") if "../" in lines else str(outside))
+        + "\n"
+    )
+    for name, target in links.items():
+        (path.parent / name).symlink_to(outside / target)
+    return path
+
+
+@pytest.mark.parametrize(("lines", "links", "key"), OUTSIDE)
+@pytest.mark.parametrize("check_files", [True, False], ids=["load", "inspect"])
+def test_files_outside_the_stack_are_refused(
+    make_stack: MakeStack,
+    outside: Path,
+    lines: str,
+    links: dict[str, str],
+    key: str,
+    check_files: bool,
+) -> None:
+    path = _stack_with(make_stack, outside, lines, links)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, check_files=check_files)
+    message = str(info.value)
+    assert message.startswith(f"{path}: stage 's', key '{key}': expected a file inside the stack")
+    assert str(outside) in message and "EDGESTACK_ALLOW_OUTSIDE_PATHS=1" in message
+    assert "\n" not in message and _no_secret(message)
+
+
+@pytest.mark.parametrize(("lines", "links", "key"), OUTSIDE)
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_outside_paths_allowed_by_the_caller(
+    make_stack: MakeStack,
+    outside: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: str,
+    links: dict[str, str],
+    key: str,
+    how: str,
+) -> None:
+    from edge_stack._env import settings
+
+    path = _stack_with(make_stack, outside, lines, links)
+    if how == "environment":
+        monkeypatch.setenv("EDGESTACK_ALLOW_OUTSIDE_PATHS", "1")
+        settings.cache_clear()
+    allow = True if how == "argument" else None
+    if key != "grammar":
+        stage = load_manifest(path, allow_outside_paths=allow).stages[0]
+        assert getattr(stage, key) == outside / ("m.gguf" if key == "model" else "a.gguf")
+        return
+    # Allowed, the passwd file is read as a grammar: refused with a position, never its text.
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, allow_outside_paths=allow)
+    message = str(info.value)
+    assert "key 'grammar': GBNF grammar file" in message and "line 1, column 5" in message
+    assert _no_secret(message)
+
+
+def test_stack_toml_cannot_allow_outside_paths(make_stack: MakeStack, outside: Path) -> None:
+    path = _stack_with(make_stack, outside, 'model = "../outside/m.gguf"', {})
+    path.write_text("allow_outside_paths = true\n" + path.read_text())
+    with pytest.raises(ManifestError, match="unknown key"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("lines", "links"),
+    [
+        pytest.param('model = "sub/m.gguf"', {}, id="subfolder"),
+        pytest.param('model = "sub/../sub/./m.gguf"', {}, id="dotdot-staying-inside"),
+        pytest.param('model = "{root}/sub/m.gguf"', {}, id="absolute-inside"),
+        pytest.param('model = "link.gguf"', {"link.gguf": "sub/m.gguf"}, id="symlink-inside"),
+    ],
+)
+def test_files_inside_the_stack_are_fine(
+    make_stack: MakeStack, lines: str, links: dict[str, str]
+) -> None:
+    path = make_stack("version = 1\n", files=())
+    (path.parent / "sub").mkdir()
+    (path.parent / "sub" / "m.gguf").write_bytes(b"")
+    path.write_text(
+        'version = 1\n[[stages]]\nname = "s"\nprompt = "{question}"\n'
+        + lines.replace("{root}", str(path.parent))
+        + "\n"
+    )
+    for name, target in links.items():
+        (path.parent / name).symlink_to(path.parent / target)
+    assert load_manifest(path).stages[0].model == path.parent / "sub" / "m.gguf"
+
+
+def test_bundled_stack_stays_inside_its_folder() -> None:
+    bundled = Path(__file__).resolve().parents[2] / "models" / "word-problems" / "stack.toml"
+    spec = load_manifest(bundled, check_files=False, allow_outside_paths=False)
+    for stage in spec.stages:
+        assert stage.model.is_relative_to(bundled.parent.resolve())
+        assert stage.lora is None or stage.lora.is_relative_to(bundled.parent.resolve())

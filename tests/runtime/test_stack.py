@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import pytest
 
 from edge_stack import Answer, Done, Stack, StageFinished, StageStarted, StageTrace, Token
 from edge_stack._backend import GenerationParams
-from edge_stack.errors import Cancelled, ContextOverflowError, EngineError
+from edge_stack._limits import MAX_N_CTX, MAX_QUESTION_BYTES
+from edge_stack.errors import BadArgument, Cancelled, ContextOverflowError, EngineError
 from edge_stack.manifest import load_manifest
 
 from .conftest import MakeStack
@@ -119,12 +123,34 @@ def test_overrides_apply_to_every_stage_and_do_not_stick(spec_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_tokens": 0}, {"temperature": 2.5}, {"seed": -1}, {"max_tokens": 1.5}]
+    "kwargs",
+    [
+        {"max_tokens": 0},
+        {"max_tokens": 1.5},
+        {"max_tokens": True},
+        {"max_tokens": MAX_N_CTX + 1},
+        {"max_tokens": 10**18},
+        {"temperature": 2.5},
+        {"temperature": -0.1},
+        {"temperature": math.nan},
+        {"temperature": math.inf},
+        {"temperature": "0.5"},
+        {"temperature": True},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"seed": False},
+    ],
 )
 def test_bad_overrides(spec_path: Path, kwargs: dict[str, object]) -> None:
-    stack, _ = make(spec_path)
-    with pytest.raises(ValueError):
-        stack.ask("q", **kwargs)  # type: ignore[arg-type]
+    stack, backend = make(spec_path)
+    for call in (
+        lambda: stack.ask("q", **kwargs),  # type: ignore[arg-type]
+        lambda: stack.ask_batch(["q"], **kwargs),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(BadArgument) as info:
+            call()
+        assert "\n" not in str(info.value) and next(iter(kwargs)) in str(info.value)
+    assert backend.generated == 0 and not backend.runners["extract"].calls
 
 
 def test_max_tokens_stops_generation(spec_path: Path) -> None:
@@ -234,6 +260,44 @@ def test_question_must_be_str(spec_path: Path) -> None:
     stack, _ = make(spec_path)
     with pytest.raises(TypeError):
         stack.ask(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"questions\[1\] must be a str"):
+        stack.ask_batch(["q", 5])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("question", "match"),
+    [
+        ("ab\ud800c", "lone surrogate U\\+D800 at character 2"),
+        ("caf\udce9", "lone surrogate U\\+DCE9 at character 3"),  # a byte kept by surrogateescape
+        ("x" * (MAX_QUESTION_BYTES + 1), f"at least {MAX_QUESTION_BYTES + 1} bytes"),
+        # 2 bytes each: few enough characters for the quick test, too many bytes for the limit
+        ("é" * (MAX_QUESTION_BYTES // 2 + 1), f"{MAX_QUESTION_BYTES + 2} bytes"),
+        ("x" * 10**8, "limit of 65536"),  # refused without tokenizing 100 MB
+    ],
+)
+def test_bad_question_is_refused_before_tokenizing(
+    spec_path: Path, question: str, match: str
+) -> None:
+    stack, backend = make(spec_path, n_ctx=1 << 20)
+    started = time.perf_counter()
+    for call, name in (
+        (lambda: stack.ask(question), "question"),
+        (lambda: stack.ask_batch(["fine", question]), "questions[1]"),
+        (lambda: next(stack.stream(question)), "question"),
+    ):
+        with pytest.raises(BadArgument, match=match) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{name} ") and "\n" not in message and len(message) < 300
+    assert time.perf_counter() - started < 2.0
+    assert not any(r.calls for r in backend.runners.values())
+
+
+def test_question_at_the_limit_is_asked(spec_path: Path) -> None:
+    stack, backend = make(spec_path, n_ctx=1 << 20)
+    for question in ("x" * MAX_QUESTION_BYTES, "é" * (MAX_QUESTION_BYTES // 2), "\U0001f600 ok"):
+        stack.ask(question, max_tokens=1)
+    assert len(backend.runners["extract"].calls) == 3
 
 
 def test_answer_json_shape(spec_path: Path) -> None:
@@ -248,3 +312,77 @@ def test_answer_json_shape(spec_path: Path) -> None:
         "completion_tokens",
         "seconds",
     ]
+
+
+@pytest.mark.parametrize("threads", [0, -2, 513, 4096, 100_000, 10**6, True, 1.5, "2"])
+def test_load_refuses_bad_threads_before_loading(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch, threads: object
+) -> None:
+    from edge_stack import _engine
+
+    monkeypatch.setattr(_engine, "Engine", None)  # anything past the check would fail otherwise
+    with pytest.raises(BadArgument, match=r"Stack.load\(threads=\) must be a whole number") as info:
+        Stack.load(spec_path, threads=threads)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("env", ["0", "abc", "100000"])
+def test_load_refuses_bad_env_threads_before_loading(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    from edge_stack import _engine
+    from edge_stack._env import settings
+
+    monkeypatch.setattr(_engine, "Engine", None)
+    monkeypatch.setenv("EDGESTACK_THREADS", env)
+    settings.cache_clear()
+    with pytest.raises(BadArgument, match="EDGESTACK_THREADS must be a whole number"):
+        Stack.load(spec_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("with\0nul", "has a NUL byte"),
+        ("loop", "is a symlink loop"),
+        ("fifo", r"is a FIFO \(named pipe\)"),
+    ],
+)
+def test_load_refuses_bad_paths(tmp_path: Path, name: str, match: str) -> None:
+    import os
+
+    if name == "loop":
+        os.symlink(tmp_path / name, tmp_path / name)
+    elif name == "fifo":
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(BadArgument, match=match) as info:
+        Stack.load(tmp_path / name)
+    assert "\n" not in str(info.value) and "(from Stack.load)" in str(info.value)
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize(("n_ctx", "warned"), [(256, False), (512, True)])
+def test_context_past_the_training_context_warns(
+    tmp_path: Path,
+    tiny_gguf: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+    n_ctx: int,
+    warned: bool,
+) -> None:
+    from stack_builders import write_stack
+
+    path = write_stack(
+        tmp_path / "s",
+        f'version = 1\n[[stages]]\nname = "only"\nmodel = "m.gguf"\nprompt = "{{question}}"\n'
+        f"n_ctx = {n_ctx}\n",
+        {"m.gguf": tiny_gguf("gptneox")},  # trained on 256 positions
+    )
+    with caplog.at_level(logging.WARNING, logger="edge_stack.stack"), Stack.load(path, threads=1):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_stack.stack"]
+    if warned:
+        assert len(messages) == 1 and "stage only: n_ctx 512 is above" in messages[0]
+        assert "(256 tokens)" in messages[0]
+    else:
+        assert messages == []
