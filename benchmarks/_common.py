@@ -1,6 +1,6 @@
 """Shared parts of the runtime benchmarks: the reference models and stack, PSS, statistics.
 
-The reference work (DESIGN.md, performance targets): a Pythia-160M-shaped random model at Q8_0,
+The reference work (README, "Performance"): a Pythia-160M-shaped random model at Q8_0,
 2 threads, four LoRA stages. Everything is built offline, once, under benchmarks/out/ (git-ignored):
 
 - ``pythia160m/``: the random checkpoint (benchmarks/_pythia.py), converted by edgestack to

@@ -86,7 +86,7 @@ def _tokens_needed(stack: Any, question: str) -> int:
 
 def _full_batch_tok_s(stack: Any, threads: int, n: int = 512, runs: int = 3) -> float:
     """llama.cpp's best tokens/s here: n prompt tokens in one micro-batch, adapter attached."""
-    from edge_stack._llama import LlamaContext
+    from edge_stack.engines.llama import LlamaContext
 
     runner = stack._backend.runner(c.STAGES[0])
     ids = (runner.model.tokenize(c.INSTRUCTION, add_bos=False, special=False) * 4)[:n]

@@ -32,7 +32,7 @@ import _common as c
 def run_once(threads: int) -> dict[str, float]:
     t0 = time.perf_counter()
     from edge_stack import Stack, StageFinished
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     lib()
     t1 = time.perf_counter()

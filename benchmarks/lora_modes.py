@@ -127,8 +127,8 @@ def run_mode(
     """One mode, measured inside this process (called in a fresh subprocess)."""
     import numpy as np
 
-    from edge_stack._llama import LlamaModel
-    from edge_stack._llama_context import LlamaContext
+    from edge_stack.engines.llama import LlamaModel
+    from edge_stack.engines.llama._context import LlamaContext
 
     pss0 = pss_mb()
     t0 = time.perf_counter()
@@ -193,8 +193,8 @@ def run_speed(files: dict[str, Any], tokens: int, threads: int, repeat: int) -> 
     """
     import numpy as np
 
-    from edge_stack._llama import LlamaModel
-    from edge_stack._llama_context import LlamaContext
+    from edge_stack.engines.llama import LlamaModel
+    from edge_stack.engines.llama._context import LlamaContext
 
     base = LlamaModel.load(files["base"])
     merged = LlamaModel.load(files["merged"][0])

@@ -36,7 +36,7 @@ MODES = ("one", "four", "one-q8", "four-q8", "lora_path")
 
 def run_mode(mode: str, threads: int) -> dict[str, float]:
     from edge_stack import Stack
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     lib()
     import llama_cpp

@@ -30,7 +30,7 @@ class Script:
     """What a user would write with llama-cpp-python alone."""
 
     def __init__(self, threads: int) -> None:
-        from edge_stack._llama_lib import lib
+        from edge_stack.engines.llama._lib import lib
 
         lib()  # first, so both sides run under the same OpenMP wait policy
         import llama_cpp

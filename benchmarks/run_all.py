@@ -20,7 +20,7 @@ import _common as c
 
 
 def run(quick: bool, threads: int, bench: Path | None = None) -> dict[str, Any]:
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     lib()  # first: every in-process side runs under the same OpenMP wait policy
     import bandwidth

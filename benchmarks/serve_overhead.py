@@ -52,8 +52,8 @@ def main() -> None:
     import httpx
 
     from edge_stack import Stack
-    from edge_stack._paths import bundled_stacks
     from edge_stack.serve._config import free_port
+    from edge_stack.util._paths import bundled_stacks
 
     toml = c.stack_160m() if args.stack == "bench" else bundled_stacks()["word-problems"]
     questions = (c.QUESTIONS * ((args.questions // len(c.QUESTIONS)) + 1))[: args.questions]

@@ -49,7 +49,7 @@ class Direct:
     """The plainest fast llama.cpp generation loop (greedy, fixed length)."""
 
     def __init__(self, model: Any, lora: Path | None, threads: int) -> None:
-        from edge_stack._llama_lib import lib
+        from edge_stack.engines.llama._lib import lib
 
         self.lib = lib()
         p = self.lib.llama_context_default_params()
@@ -107,7 +107,7 @@ def llama_bench(binary: Path, gguf: Path, tokens: int, threads: int) -> float | 
 def measure_model(
     gguf: Path, lora: Path | None, tokens: int, rounds: int, threads: int
 ) -> dict[str, Any]:
-    from edge_stack._llama import LlamaContext, LlamaModel
+    from edge_stack.engines.llama import LlamaContext, LlamaModel
 
     model = LlamaModel.load(gguf)
     ours = LlamaContext(model, n_ctx=512, n_threads=threads, lora=lora)

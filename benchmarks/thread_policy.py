@@ -19,7 +19,7 @@ Three situations, each made by this script:
 
 The anchor is llama.cpp as its users run it: the same child with the environment untouched
 (libgomp's default). Ratios are tokens/s against that anchor in the same situation, measured in
-this run. edgestack's policy (``edge_stack._env.OPENMP_DEFAULTS``) is printed with its ratios.
+this run. edgestack's policy (``edge_stack.util._env.OPENMP_DEFAULTS``) is printed with its ratios.
 """
 
 from __future__ import annotations
@@ -126,13 +126,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from edge_stack._env import OPENMP_DEFAULTS
-    from edge_stack._gguf_check import check_gguf
-    from edge_stack._kernels import use_extra_bufts
+    from edge_stack.engines.llama._kernels import use_extra_bufts
+    from edge_stack.formats.gguf._check import check_gguf
+    from edge_stack.util._env import OPENMP_DEFAULTS
 
     stack = c.stack_160m()
     model = stack.parent / "base.q8_0.gguf"
-    # Only where llama.cpp's own defaults would crash (see edge_stack._kernels) are its extra
+    # Only where llama.cpp's own defaults would crash (see edge_stack.engines.llama._kernels) are its extra
     # CPU buffer types off, for every policy alike.
     extra = use_extra_bufts({t.type for t in check_gguf(model).tensors}, model)
     ours = dict(OPENMP_DEFAULTS)

@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_stack import __version__
-from edge_stack._atomic import atomic_output, check_output, temp_file
+from edge_stack._version import __version__
 from edge_stack.errors import BadArgument
+from edge_stack.util._atomic import atomic_output, check_output, temp_file
 
 __all__ = ["DIRECT_OUTTYPES", "convert_checkpoint"]
 

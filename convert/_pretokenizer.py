@@ -113,7 +113,7 @@ def check_normalizer(normalizer: Any) -> str | None:
     """Accept no normalizer or NFC only, and return it ("NFC" or None).
 
     llama.cpp does not normalize byte-level BPE input, so the converter records NFC in the GGUF
-    (``edge_stack._keys.TOKENIZER_NORMALIZER``) and edgestack's runtime applies it first.
+    (``edge_stack.formats.gguf._keys.TOKENIZER_NORMALIZER``) and edgestack's runtime applies it first.
     """
     if normalizer is None:
         return None

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     parent, source, output, ftype, threads, requantize, verbose = argv
     _die_with_parent(int(parent))
 
-    from edge_stack._llama_lib import lib, llama_errors, set_llama_logging
+    from edge_stack.engines.llama._lib import lib, llama_errors, set_llama_logging
 
     if verbose == "1":
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -25,9 +25,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from edge_stack import __version__
-from edge_stack._atomic import atomic_output, check_output
+from edge_stack._version import __version__
 from edge_stack.errors import AdapterError, BadArgument
+from edge_stack.util._atomic import atomic_output, check_output
 
 from ._peft import LoraModule, PeftAdapter, load_adapter
 from .arch import ArchSpec
@@ -339,6 +339,6 @@ def _write_adapter(
     finally:
         writer.close()
     # The runtime checks every adapter before llama.cpp sees it; ours must pass that check too.
-    from edge_stack._gguf_check import check_gguf
+    from edge_stack.formats.gguf._check import check_gguf
 
     check_gguf(path, kind="adapter")

@@ -7,7 +7,7 @@ llama.cpp runs in a child process (:mod:`._quantize_child`) that is killed on Ct
 ``llama_model_quantize`` runs in C for seconds and its params have no progress or abort callback,
 so in-process it could be stopped only between its log lines, by an exception raised inside
 llama.cpp's log callback, which ctypes reports and drops. The child's output is the temporary
-file of :func:`~edge_stack._atomic.atomic_output`, so an interrupted run leaves nothing behind.
+file of :func:`~edge_stack.util._atomic.atomic_output`, so an interrupted run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import gguf
 
-from edge_stack._atomic import atomic_output, check_output
 from edge_stack.errors import BadArgument, QuantizeError
+from edge_stack.util._atomic import atomic_output, check_output
 
 __all__ = ["QUANT_TYPES", "quant_type_names", "quantize"]
 
@@ -53,7 +53,7 @@ _FLOAT_TYPES = frozenset(
 
 def _llama_types() -> dict[str, int]:
     """QUANT_TYPES plus any type the installed llama.cpp knows and gguf does not (yet)."""
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     found = {name: int(t) for name, t in QUANT_TYPES.items()}
     llama = lib()
@@ -84,8 +84,8 @@ def quantize(
     rounding, so it is refused unless ``allow_requantize``. ``dst`` is written to a temporary file
     and renamed at the end; an existing ``dst`` is replaced only with ``force``.
     """
-    from edge_stack._limits import check_threads
-    from edge_stack._llama_lib import check_file, default_threads, reason
+    from edge_stack.engines.llama._lib import check_file, default_threads, reason
+    from edge_stack.util._limits import check_threads
 
     source, target = Path(src), Path(dst)
     types = _llama_types()
@@ -124,7 +124,7 @@ def _run_quantizer(
 
     Ctrl-C (KeyboardInterrupt) or any other exception while it runs kills the child first.
     """
-    from edge_stack import _llama_lib
+    from edge_stack.engines.llama import _lib as _llama_lib
 
     verbose = _llama_lib._verbose
     command = [

@@ -24,8 +24,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_stack._keys import TOKENIZER_NORMALIZER
 from edge_stack.errors import ModelFileNotFound, TokenizerError
+from edge_stack.formats.gguf._keys import TOKENIZER_NORMALIZER
 
 from ._pretokenizer import check_normalizer, detect_pre, match_pre_type
 

@@ -174,7 +174,7 @@ def verify(
     the candidate's file type (``{"min_top1": 0.9}``). Returns the report; does not raise when
     the candidate fails (see ``report.passed``).
     """
-    from edge_stack._llama import LlamaModel
+    from edge_stack.engines.llama import LlamaModel
 
     cand_path = Path(candidate)
     ref_kind, ref_path = _reference_kind(reference)
@@ -274,7 +274,7 @@ def _file_type_name(metadata: Mapping[str, str]) -> str:
 
 
 def _gguf_logits(model: Any, ids: Sequence[Sequence[int]], threads: int | None) -> list[np.ndarray]:
-    from edge_stack._llama import LlamaContext
+    from edge_stack.engines.llama import LlamaContext
 
     n_ctx = max(len(i) for i in ids)
     with LlamaContext(model, n_ctx=n_ctx, n_threads=threads) as ctx:

@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; modules whose names start with ``_`` a
 
 from __future__ import annotations
 
-from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
+from ._version import __version__
 from .errors import (
     AdapterError,
     BadArgument,
@@ -28,9 +28,8 @@ from .errors import (
     VerificationFailed,
 )
 from .manifest import StackSpec, StageSpec, load_manifest
-from .stack import Stack
-
-__version__ = "0.1.0"
+from .pipeline._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
+from .pipeline._stack import Stack
 
 __all__ = [
     "AdapterError",

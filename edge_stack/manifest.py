@@ -24,7 +24,7 @@ docs/stack-manifest.md. Rules:
 - a prompt names ``{question}`` and earlier stages only; ``{{`` and ``}}`` are literal braces,
   any other brace is an error;
 - ``grammar`` is inline GBNF when it contains ``::=``, otherwise a file relative to stack.toml;
-  either way it is checked (:mod:`edge_stack._grammar`) before any model loads;
+  either way it is checked (:mod:`edge_stack.formats.grammar._validate`) before any model loads;
 - ``model``, ``lora`` and grammar files must be inside the stack's folder after symlinks are
   resolved, unless the caller allows outside paths (``allow_outside_paths=True`` or
   EDGESTACK_ALLOW_OUTSIDE_PATHS=1): the stack's author cannot, so a stack.toml from elsewhere
@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._env import settings
-from ._grammar import MAX_GRAMMAR_BYTES, validate_grammar
-from ._limits import MAX_N_CTX
-from ._render import Template, TemplateSyntaxError, parse_template
-from ._toml import read_toml
 from .errors import GrammarError, ManifestError, ModelFileNotFound
+from .formats._template import Template, TemplateSyntaxError, parse_template
+from .formats.grammar._validate import MAX_GRAMMAR_BYTES, validate_grammar
+from .util._env import settings
+from .util._limits import MAX_N_CTX
+from .util._toml import read_toml
 
 __all__ = ["STAGE_KEYS", "StackSpec", "StageSpec", "load_manifest", "parse_manifest"]
 

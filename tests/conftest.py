@@ -10,11 +10,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def _kernel_verdicts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This machine's kernel-probe verdict, probed once for the session (edge_stack._kernels)."""
+    """This machine's kernel-probe verdict, probed once for the session (edge_stack.engines.llama._kernels)."""
     import os
 
-    from edge_stack import _kernels
-    from edge_stack._env import settings
+    from edge_stack.engines.llama import _kernels
+    from edge_stack.util._env import settings
 
     home = tmp_path_factory.mktemp("kernel-probe-home")
     saved = {k: os.environ.get(k) for k in ("EDGESTACK_HOME", "EDGESTACK_PROBE_FAULT")}
@@ -46,7 +46,7 @@ def _isolated_env(
     """
     import shutil
 
-    from edge_stack._env import settings
+    from edge_stack.util._env import settings
 
     home = tmp_path_factory.mktemp("edgestack-home")
     shutil.copytree(_kernel_verdicts, home / "kernels")

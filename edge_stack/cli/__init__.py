@@ -8,8 +8,8 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from .._env import settings
 from ..errors import EdgeStackError
+from ..util._env import settings
 from ._app import app, error_line, one_line
 
 # Each module registers its commands on `app` (the order is the order of --help); they import

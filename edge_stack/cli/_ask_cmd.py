@@ -9,11 +9,17 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from .._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_N_CTX, MAX_QUESTION_BYTES, MAX_THREADS
+from ..util._limits import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_LINES,
+    MAX_N_CTX,
+    MAX_QUESTION_BYTES,
+    MAX_THREADS,
+)
 from ._app import app, error_line
 
 if TYPE_CHECKING:
-    from ..stack import Stack
+    from ..pipeline._stack import Stack
 
 StackOpt = Annotated[
     Path | None,
@@ -60,8 +66,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's ow
 
 
 def _load(stack: Path | None, threads: int | None, verbose: bool) -> tuple[Stack, Path]:
-    from .._paths import find_stack
-    from ..stack import Stack
+    from ..pipeline._stack import Stack
+    from ..util._paths import find_stack
 
     path = find_stack(stack)
     return Stack.load(path, threads=threads, verbose=verbose or None), path
@@ -84,7 +90,7 @@ def _answer_one(
     err: TextIO,
 ) -> object:
     """Stream one answer: final-stage tokens to ``out`` as they come, the trace to ``err``."""
-    from .._events import Done, StageFinished, StageStarted, Token
+    from ..pipeline._events import Done, StageFinished, StageStarted, Token
 
     last = len(stack.spec.stages) - 1
     stream = stack.stream(question, max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -191,8 +197,8 @@ def ask(
 
       edgestack ask --batch questions.txt > answers.jsonl
     """
-    from .._events import Answer
-    from .._runlog import log_answer
+    from ..pipeline._events import Answer
+    from ..tools._runlog import log_answer
     from ._input import check_argv_question, read_batch_file
 
     if batch is not None:
@@ -261,10 +267,10 @@ def chat(
 
       printf 'What is 2 plus 3?\\nWhat is 7 minus 4?\\n' | edgestack chat --json
     """
-    from .._events import Answer
-    from .._runlog import log_answer
     from ..errors import Cancelled, EdgeStackError
-    from ..stack import check_question
+    from ..pipeline._events import Answer
+    from ..pipeline._stack import check_question
+    from ..tools._runlog import log_answer
     from ._input import chat_lines
 
     interactive = sys.stdin.isatty()

@@ -41,8 +41,8 @@ def bench(
 
       edgestack bench --stack ./my-stack --runs 5 --json
     """
-    from .._bench import DEFAULT_QUESTION, format_bench, run_bench
-    from .._paths import find_stack
+    from ..tools._bench import DEFAULT_QUESTION, format_bench, run_bench
+    from ..util._paths import find_stack
 
     path = find_stack(stack)
     result = run_bench(path, runs=runs, threads=threads, question=question or DEFAULT_QUESTION)

@@ -12,7 +12,7 @@ import typer
 from ._app import app
 
 if TYPE_CHECKING:
-    from ..convert.build import BuildEvent
+    from ..builder.build import BuildEvent
 
 
 class _Display:
@@ -70,7 +70,7 @@ def build(
 
       edgestack ask "What is 15 plus 28?" --stack my-stack
     """
-    from edge_stack.convert.build import build as run_build
+    from edge_stack.builder.build import build as run_build
 
     display = _Display(sys.stderr.isatty())
     path = run_build(recipe, output, force=force, progress=display, threads=threads)

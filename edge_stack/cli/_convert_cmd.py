@@ -70,11 +70,11 @@ def _verify_against_checkpoint(
 ) -> None:
     """Compare the output with its source: the checkpoint through transformers, or, with LoRA
     merged in (which transformers alone cannot apply), an f32 conversion with the same merge."""
-    from edge_stack._atomic import temp_dir
     from edge_stack.convert import convert_checkpoint
     from edge_stack.convert.hub import resolve_model_dir
     from edge_stack.convert.verify import verify as run_verify
     from edge_stack.errors import VerificationFailed
+    from edge_stack.util._atomic import temp_dir
 
     if not merge_lora:
         source = f"{model}"

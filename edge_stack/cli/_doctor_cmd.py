@@ -83,8 +83,8 @@ def doctor(
 
       edgestack doctor --fix
     """
-    from .._doctor import fix as do_fix
-    from .._doctor import report
+    from ..tools._doctor import fix as do_fix
+    from ..tools._doctor import report
 
     removed = do_fix() if fix else []
     rep = report(ask=not no_ask)

@@ -54,10 +54,10 @@ def eval_(
 
       edgestack eval my-stack --data qa.jsonl --json --report report.json
     """
-    from .._atomic import check_output
-    from .._eval import MATCHES, evaluate, load_cases
     from ..errors import BadArgument
-    from ..stack import Stack
+    from ..pipeline._stack import Stack
+    from ..tools._eval import MATCHES, evaluate, load_cases
+    from ..util._atomic import check_output
 
     kind = match.strip().lower()
     if kind not in MATCHES:
@@ -73,7 +73,7 @@ def eval_(
         result = evaluate(loaded, cases, match=mode, data=str(data), progress=progress)
     payload = json.dumps(result.to_dict(), ensure_ascii=False, indent=1)
     if report is not None:
-        from .._atomic import atomic_output
+        from ..util._atomic import atomic_output
 
         with atomic_output(report, force=force) as tmp:
             tmp.write_text(payload + "\n", encoding="utf-8")

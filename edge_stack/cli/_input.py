@@ -1,6 +1,6 @@
 """Questions from the command line, a ``--batch`` file and standard input, checked and bounded.
 
-Every way in has the same limits (``edge_stack._limits``) and gives the same one-line errors:
+Every way in has the same limits (``edge_stack.util._limits``) and gives the same one-line errors:
 invalid UTF-8 is refused, naming its byte offset (never silently replaced, so what was asked is
 what the log shows); reading stops at the size limit, so an endless input such as /dev/zero
 costs one bounded read, not memory without end.
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from .._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_QUESTION_BYTES
 from ..errors import BadArgument
+from ..util._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_QUESTION_BYTES
 
 #: ``--batch`` value that means standard input
 STDIN = "-"
@@ -28,7 +28,7 @@ _ESCAPED_BYTES = range(0xDC80, 0xDD00)
 def check_argv_question(question: str) -> None:
     """Refuse a question from argv that was not UTF-8 (BadArgument naming the byte offset), too
     long, or a lone surrogate; the empty question is the caller's usage error."""
-    from ..stack import check_question
+    from ..pipeline._stack import check_question
 
     bad = _SURROGATE.search(question)
     if bad is not None and ord(bad.group()) in _ESCAPED_BYTES:
@@ -44,7 +44,7 @@ def read_batch_file(path: Path) -> list[str]:
     """The questions of a ``--batch`` file (``-``: standard input): one per line, blank lines
     skipped; at most MAX_BATCH_BYTES and MAX_BATCH_LINES lines, each at most MAX_QUESTION_BYTES.
     """
-    from .._paths import checked_file
+    from ..util._paths import checked_file
 
     if str(path) == STDIN:
         name = "standard input (--batch -)"

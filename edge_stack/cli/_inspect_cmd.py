@@ -11,7 +11,7 @@ import typer
 from ._app import app
 
 if TYPE_CHECKING:
-    from .._gguf_summary import GGUFSummary
+    from ..formats.gguf._summary import GGUFSummary
     from ..manifest import StackSpec
 
 _SHOWN_TENSORS = 40
@@ -91,8 +91,8 @@ def _kv_bytes(summary: GGUFSummary, n_ctx: int) -> int | None:
 
 def stack_info(spec: StackSpec) -> dict[str, Any]:
     """A stack's stages, files, sizes and estimated memory as plain JSON values."""
-    from .._gguf_check import check_gguf
     from ..errors import EdgeStackError
+    from ..formats.gguf._check import check_gguf
 
     summaries: dict[Path, GGUFSummary | str] = {}
 
@@ -243,7 +243,7 @@ def inspect(
             f"{path} does not exist; give a stack.toml, a stack folder or a .gguf"
         )
     if path.is_file() and _is_gguf(path):
-        from .._gguf_check import check_gguf
+        from ..formats.gguf._check import check_gguf
 
         info = gguf_info(check_gguf(path, kind=None))
         printer = _print_gguf

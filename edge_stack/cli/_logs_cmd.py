@@ -40,7 +40,7 @@ def logs(
 
       edgestack logs --json | jq '.[0].stages'
     """
-    from .._runlog import RunLog
+    from ..tools._runlog import RunLog
 
     log = RunLog()
     runs = log.recent(limit)

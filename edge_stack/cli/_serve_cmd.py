@@ -79,8 +79,8 @@ def serve(
       curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "word-problems",
       "messages": [{"role": "user", "content": "What is 15 plus 28?"}]}'
     """
-    from .._limits import check_threads
     from ..serve import ServeConfig, Server, check_exposure, parse_keep_alive, resolve_stacks
+    from ..util._limits import check_threads
 
     check_exposure(host, api_key, insecure_no_api_key)
     stacks = resolve_stacks(stack or [])

@@ -45,7 +45,7 @@ GRACEFUL_S = 10
 
 
 def _loader(threads: int | None) -> Any:
-    from ..stack import Stack
+    from ..pipeline._stack import Stack
 
     def load(path: Any) -> Stack:
         return Stack.load(path, threads=threads)

@@ -35,8 +35,6 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from .._events import Done, Event, StageFinished, StageStarted, Token
-from .._runlog import RunLog, log_answer
 from ..errors import (
     BadArgument,
     Cancelled,
@@ -45,7 +43,9 @@ from ..errors import (
     ModelNotFound,
     ServerBusy,
 )
-from ..stack import Stack
+from ..pipeline._events import Done, Event, StageFinished, StageStarted, Token
+from ..pipeline._stack import Stack
+from ..tools._runlog import RunLog, log_answer
 from ._config import ServeConfig
 from ._metrics import Metrics
 from ._pool import StackPool

@@ -78,7 +78,7 @@ def resolve_stacks(given: Sequence[str | os.PathLike[str]]) -> dict[str, StackSp
     With nothing given, every bundled stack. The id is the manifest's ``name``; two stacks
     with one name are an error (a request could not tell them apart).
     """
-    from .._paths import bundled_stacks
+    from ..util._paths import bundled_stacks
 
     bundled = bundled_stacks()
     paths: list[Path] = []

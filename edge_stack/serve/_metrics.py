@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from .._events import Answer
+from ..pipeline._events import Answer
 
 PREFIX = "edgestack"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BadArgument, ModelNotFound
 from ..manifest import StackSpec
-from ..stack import Stack
+from ..pipeline._stack import Stack
 
 log = logging.getLogger(__name__)
 

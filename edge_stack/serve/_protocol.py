@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._events import Answer
 from ..errors import BadArgument
+from ..pipeline._events import Answer
 from ._pool import parse_keep_alive
 
 #: at most this many stop strings, each at most this long (OpenAI allows 4)

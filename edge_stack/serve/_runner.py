@@ -13,9 +13,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .._events import Done, Event
 from ..errors import ServerBusy
-from ..stack import Stack
+from ..pipeline._events import Done, Event
+from ..pipeline._stack import Stack
 from ._pool import StackPool
 from ._protocol import AskRequest
 

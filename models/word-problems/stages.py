@@ -2,7 +2,7 @@
 
 The prompts live in ``recipe.toml`` (and ``recipe-baseline.toml`` for the single-model baseline)
 and nowhere else: training renders exactly the prompts that ``edgestack build`` writes into
-``stack.toml``. Rendering follows the runtime (DESIGN.md): one pass, ``{question}`` and earlier
+``stack.toml``. Rendering follows the runtime (docs/stack-manifest.md): one pass, ``{question}`` and earlier
 stage names only, and a stage's output is its text up to ``"\\n"``/EOS, stripped. Pure Python.
 """
 

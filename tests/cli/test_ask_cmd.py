@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Stack, StageFinished
-from edge_stack._env import settings
+from edge_stack.util._env import settings
 
 from cli_support import run
 from stack_builders import write_stack
@@ -168,7 +168,7 @@ def test_chat_survives_a_lone_surrogate(
 
 
 def test_more_threads_than_cores_warns_on_stderr(tiny_stack: Path) -> None:
-    from edge_stack._limits import cpu_threads
+    from edge_stack.util._limits import cpu_threads
 
     threads = cpu_threads() + 1
     argv = ["ask", "What is 1 plus 1?", "--stack", str(tiny_stack), "--threads", str(threads)]
@@ -203,7 +203,7 @@ def test_missing_stack_is_one_line(
 def test_no_stack_given_uses_the_bundled_one_or_says_how(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_stack import _paths
+    from edge_stack.util import _paths
 
     monkeypatch.setattr(_paths, "bundled_stack", lambda: None)
     code, out, err = run(["ask", "q"], capsys)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_QUESTION_BYTES
+from edge_stack.util._limits import MAX_BATCH_BYTES, MAX_BATCH_LINES, MAX_QUESTION_BYTES
 
 from cli_support import run
 

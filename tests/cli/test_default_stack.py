@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_stack import load_manifest
-from edge_stack._paths import bundled_stack
+from edge_stack.util._paths import bundled_stack
 
 from cli_support import run
 

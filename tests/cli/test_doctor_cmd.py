@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import _kernels
-from edge_stack._env import settings
+from edge_stack.engines.llama import _kernels
+from edge_stack.util._env import settings
 
 from cli_support import run
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from output_nodes import char_device, fifo, link_to
 
-from edge_stack._atomic import TEMP_MARK, temp_name
+from edge_stack.util._atomic import TEMP_MARK, temp_name
 
 from cli_support import run
 
@@ -214,7 +214,7 @@ def test_sigkilled_convert_junk_is_removed_by_the_next_run(
 
     model = tiny_model("gptneox")
     capsys.readouterr()
-    caplog.set_level(logging.INFO, logger="edge_stack._atomic")
+    caplog.set_level(logging.INFO, logger="edge_stack.util._atomic")
     code, _, err = run(["convert", str(model), "-o", str(tmp_path / "next.gguf")], capsys)
     assert (code, err) == (0, "")
     assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "next.gguf", in_use])
@@ -259,7 +259,7 @@ CALLBACK_CASES: dict[str, tuple[type[BaseException], bool]] = {
 
 @pytest.mark.parametrize("case", list(CALLBACK_CASES))
 def test_llama_log_callback_never_raises(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    from edge_stack import _llama_lib
+    from edge_stack.engines.llama import _lib as _llama_lib
 
     raised, pending = CALLBACK_CASES[case]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import Answer, StageTrace, _runlog
-from edge_stack._runlog import RunLog, default_log_path
+from edge_stack import Answer, StageTrace
+from edge_stack.tools import _runlog
+from edge_stack.tools._runlog import RunLog, default_log_path
 
 from cli_support import run
 

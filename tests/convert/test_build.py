@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Stack, load_manifest
-from edge_stack.convert.build import BuildEvent, build
+from edge_stack.builder.build import BuildEvent, build
 
 from build_builders import STAGES, built_stack, lora_config, recipe_folder, write_recipe
 from cli_support import run

@@ -407,7 +407,7 @@ def test_cli_converts_a_cached_hub_checkpoint_offline(hub_env: HubEnv, tmp_path:
     """The whole path: Hub id -> cached snapshot (offline) -> GGUF that passes check_gguf."""
     pytest.importorskip("transformers")
     from edge_stack import convert
-    from edge_stack._gguf_check import check_gguf
+    from edge_stack.formats.gguf._check import check_gguf
 
     from model_builders import build_model
 

@@ -74,8 +74,8 @@ def adapter(
 
 
 def _llama_logits(model: Path, lora: Path | None = None, scale: float = 1.0) -> np.ndarray:
-    from edge_stack._llama import LlamaModel
-    from edge_stack._llama_context import LlamaContext
+    from edge_stack.engines.llama import LlamaModel
+    from edge_stack.engines.llama._context import LlamaContext
 
     with (
         LlamaModel.load(model) as m,

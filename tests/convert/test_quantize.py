@@ -15,7 +15,6 @@ import gguf
 import pytest
 from output_nodes import char_device, fifo, link_to
 
-from edge_stack._atomic import TEMP_MARK
 from edge_stack.cli import main
 from edge_stack.convert.quantize import QUANT_TYPES, quant_type_names, quantize
 from edge_stack.convert.verify import verify
@@ -26,6 +25,7 @@ from edge_stack.errors import (
     OutputExistsError,
     QuantizeError,
 )
+from edge_stack.util._atomic import TEMP_MARK
 
 
 def _file_type(path: Path) -> int:
@@ -75,7 +75,7 @@ def test_quant_types_cover_llama_cpp() -> None:
 def test_quantize_gives_loadable_file_that_verifies(
     tiny_gguf: Callable[..., Path], tmp_path: Path, qtype: str
 ) -> None:
-    from edge_stack._llama import LlamaContext, LlamaModel
+    from edge_stack.engines.llama import LlamaContext, LlamaModel
 
     src = tiny_gguf("gptneox", "f32")
     out = quantize(src, tmp_path / f"m.{qtype}.gguf", qtype=qtype, threads=1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack.convert._stack_toml import manifest_text, toml_string
-from edge_stack.convert.recipe import GENERATION_KEYS, load_recipe
+from edge_stack.builder._stack_toml import manifest_text, toml_string
+from edge_stack.builder.recipe import GENERATION_KEYS, load_recipe
 from edge_stack.errors import ManifestError, ModelFileNotFound
 
 WP_RECIPE = Path(__file__).resolve().parents[2] / "models" / "word-problems" / "recipe.toml"

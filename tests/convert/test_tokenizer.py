@@ -145,7 +145,7 @@ class _LlamaVocab:
     def __init__(self, path: Path) -> None:
         # edgestack's own loader: backend initialised once, llama.cpp's log routed (or dropped)
         # through the one process-wide callback the runtime uses.
-        from edge_stack._llama_lib import lib
+        from edge_stack.engines.llama._lib import lib
 
         self._lib = llama_cpp = lib()
         params = llama_cpp.llama_model_default_params()
@@ -301,8 +301,8 @@ def test_nfc_tokenizers_normalize_before_llama_cpp(
     when the tokenizer did (the converter records it), so decomposed text still matches."""
     import gguf
 
-    from edge_stack._keys import TOKENIZER_NORMALIZER
-    from edge_stack._llama import LlamaModel
+    from edge_stack.engines.llama import LlamaModel
+    from edge_stack.formats.gguf._keys import TOKENIZER_NORMALIZER
 
     path = tiny_gguf(variant, "f32")
     field = gguf.GGUFReader(path).fields.get(TOKENIZER_NORMALIZER)

@@ -10,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from edge_stack._backend import Chunk, GenerationParams, StopScanner
-from edge_stack._render import Rendered, tokenize_rendered
+from edge_stack.engines._backend import Chunk, GenerationParams, StopScanner
+from edge_stack.formats._template import Rendered, tokenize_rendered
 from edge_stack.manifest import StackSpec
 
 SPECIAL_BASE = 0x110000  # past every code point, so special ids never collide with characters

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from output_nodes import char_device, fifo, link_to
 
-from edge_stack._atomic import (
+from edge_stack.errors import ModelFileNotFound, OutputExistsError
+from edge_stack.util._atomic import (
     STALE_AFTER_S,
     TEMP_MARK,
     atomic_output,
@@ -27,7 +28,6 @@ from edge_stack._atomic import (
     temp_file,
     temp_name,
 )
-from edge_stack.errors import ModelFileNotFound, OutputExistsError
 
 _TEMP = re.compile(rf"^\.a\.bin\.{TEMP_MARK}-[A-Za-z0-9-]+-{os.getpid()}-[0-9a-f]{{8}}$")
 
@@ -231,7 +231,7 @@ def test_leftovers_removed_by_next_write_only_when_stale(
     [listed] = find_leftovers(tmp_path, include_live=True)
     assert listed.path == junk and listed.stale == stale
 
-    caplog.set_level(logging.INFO, logger="edge_stack._atomic")
+    caplog.set_level(logging.INFO, logger="edge_stack.util._atomic")
     with atomic_output(tmp_path / "other.gguf", force=False) as tmp:
         tmp.write_bytes(b"out")
     assert junk.exists() != stale

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge_stack import Stack
-from edge_stack._llama import LlamaContext, LlamaModel
-from edge_stack._llama_batch import BatchContext
+from edge_stack.engines.llama import LlamaContext, LlamaModel
+from edge_stack.engines.llama._batch import BatchContext
 from edge_stack.errors import BadArgument, ContextOverflowError, EngineError
 
 import stack_builders
@@ -146,8 +146,8 @@ def test_exit_without_close_does_not_crash(base_gguf: Path, tmp_path: Path) -> N
     lora = random_lora(base_gguf, tmp_path / "a.gguf", seed=3)
     code = textwrap.dedent(
         f"""
-        from edge_stack._llama import LlamaContext, LlamaModel
-        from edge_stack._llama_batch import BatchContext
+        from edge_stack.engines.llama import LlamaContext, LlamaModel
+        from edge_stack.engines.llama._batch import BatchContext
         m = LlamaModel.load({str(base_gguf)!r})
         a = LlamaContext(m, n_ctx=64, n_threads=1, lora={str(lora)!r})
         b = BatchContext(m, n_ctx=64, n_seq=2, n_threads=1, lora={str(lora)!r})

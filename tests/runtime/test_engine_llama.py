@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Stack, Token
-from edge_stack._engine import Engine
-from edge_stack._llama import LlamaContext, LlamaModel
-from edge_stack._render import parse_template, render
+from edge_stack.engines.llama import LlamaContext, LlamaModel
+from edge_stack.engines.llama._engine import Engine
 from edge_stack.errors import (
     Cancelled,
     ChecksumMismatch,
@@ -23,6 +22,7 @@ from edge_stack.errors import (
     EdgeStackError,
     EngineError,
 )
+from edge_stack.formats._template import parse_template, render
 from edge_stack.manifest import load_manifest
 
 from stack_builders import QUESTIONS, random_lora, write_stack
@@ -95,7 +95,7 @@ def test_loras_change_the_output(stack_path: Path, tmp_path: Path) -> None:
         for name in ("extract", "compute", "say"):
             runner = engine.runner(name)
             tokens = runner.tokenize(rendered)
-            params = __import__("edge_stack.stack", fromlist=["_params"])._params(
+            params = __import__("edge_stack.pipeline._stack", fromlist=["_params"])._params(
                 spec.stage(name), 10, None, None
             )
             outputs.add("".join(c.text for c in runner.generate(tokens, params, threading.Event())))
@@ -392,7 +392,7 @@ def test_grammar_and_stop_on_real_llama(stack_path: Path, tmp_path: Path) -> Non
 def test_kv_cache_type_reaches_every_context(
     tmp_path: Path, base_gguf: Path, tiny_gguf: Callable[..., Path]
 ) -> None:
-    from edge_stack._bench import run_bench
+    from edge_stack.tools._bench import run_bench
 
     wide = tmp_path / "wide"
     wide.mkdir()

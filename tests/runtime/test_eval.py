@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Stack, load_manifest
-from edge_stack._backend import GenerationParams
-from edge_stack._eval import evaluate, final_number, load_cases, matches
+from edge_stack.engines._backend import GenerationParams
 from edge_stack.errors import BadArgument, ModelFileNotFound
+from edge_stack.tools._eval import evaluate, final_number, load_cases, matches
 
 from .conftest import MakeStack
 from .fakes import FakeBackend

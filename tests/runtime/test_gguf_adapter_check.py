@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from edge_stack import _gguf_check
-from edge_stack._gguf_check import check_adapter_fits, check_gguf
 from edge_stack.errors import AdapterError, GGUFFileError, ModelFileNotFound
+from edge_stack.formats.gguf import _check as _gguf_check
+from edge_stack.formats.gguf._check import check_adapter_fits, check_gguf
 
 from gguf_builders import GPTNEOX, LLAMA, N_EMBD, N_FF, RANK, M, tname, write_adapter, write_model
 

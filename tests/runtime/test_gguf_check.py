@@ -23,12 +23,12 @@ import gguf
 import numpy as np
 import pytest
 
-from edge_stack import _gguf_check
-from edge_stack._gguf_check import check_gguf
-from edge_stack._gguf_reader import read_header
-from edge_stack._gguf_summary import ArraySummary, GGUFSummary
-from edge_stack._gguf_vocab_check import check_vocab
 from edge_stack.errors import AdapterError, GGUFFileError, ModelFileNotFound
+from edge_stack.formats.gguf import _check as _gguf_check
+from edge_stack.formats.gguf._check import check_gguf
+from edge_stack.formats.gguf._reader import read_header
+from edge_stack.formats.gguf._summary import ArraySummary, GGUFSummary
+from edge_stack.formats.gguf._vocab import check_vocab
 
 from gguf_builders import (
     GPTNEOX,
@@ -932,9 +932,9 @@ def test_every_accepted_layout_works_in_llama_cpp(tmp_path: Path) -> None:
 @pytest.mark.llama
 def test_llama_model_load_never_sees_a_bad_file(files: dict[str, Path], tmp_path: Path) -> None:
     try:
-        from edge_stack._llama import LlamaContext, LlamaModel
+        from edge_stack.engines.llama import LlamaContext, LlamaModel
     except ImportError:
-        pytest.skip("edge_stack._llama is not written yet")
+        pytest.skip("edge_stack.engines.llama._model is not written yet")
     truncated = copy_with(
         files["model"], tmp_path / "cut.gguf", cut=files["model"].stat().st_size - 100
     )

@@ -1,4 +1,4 @@
-"""GBNF grammars are checked in Python before llama.cpp sees them (edge_stack._grammar).
+"""GBNF grammars are checked in Python before llama.cpp sees them (edge_stack.formats.grammar._validate).
 
 Invalid and hostile grammars are refused with a line and column and never reach llama.cpp;
 valid ones, llama.cpp's own examples among them, are accepted by the check and by llama.cpp.
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from edge_stack._grammar import (
+from edge_stack.errors import GrammarError
+from edge_stack.formats.grammar._validate import (
     MAX_ALTERNATIVES,
     MAX_CHAIN,
     MAX_ELEMENTS,
@@ -28,10 +29,9 @@ from edge_stack._grammar import (
     MAX_STACK_ENTRIES,
     validate_grammar,
 )
-from edge_stack.errors import GrammarError
 
 if TYPE_CHECKING:
-    from edge_stack._llama import LlamaModel
+    from edge_stack.engines.llama import LlamaModel
 
 # llama.cpp's grammars/json.gbnf (llama-cpp-python 0.3.36), verbatim.
 JSON_GBNF = r"""root   ::= object
@@ -253,7 +253,7 @@ def test_token_ids_checked_against_the_vocabulary() -> None:
 
 @pytest.fixture(scope="module")
 def neox(tiny_gguf: Callable[..., Path]) -> Iterator[LlamaModel]:
-    from edge_stack._llama import LlamaModel
+    from edge_stack.engines.llama import LlamaModel
 
     with LlamaModel.load(tiny_gguf("gptneox")) as model:
         yield model
@@ -263,7 +263,7 @@ def neox(tiny_gguf: Callable[..., Path]) -> Iterator[LlamaModel]:
 @pytest.mark.torch
 @pytest.mark.parametrize("grammar", VALID)
 def test_valid_grammars_load_into_llama_cpp(neox: LlamaModel, grammar: str) -> None:
-    from edge_stack import _llama_sampling
+    from edge_stack.engines.llama import _sampling as _llama_sampling
 
     _llama_sampling._parsed_grammars.discard(grammar)  # make llama.cpp parse it again
     neox.check_grammar(grammar)
@@ -292,7 +292,7 @@ LLAMA_REFUSES = [
 @pytest.mark.torch
 @pytest.mark.parametrize("grammar", LLAMA_REFUSES)
 def test_check_refuses_what_llama_cpp_refuses(neox: LlamaModel, grammar: str) -> None:
-    from edge_stack._llama_lib import lib, native_stderr
+    from edge_stack.engines.llama._lib import lib, native_stderr
 
     with native_stderr():  # llama.cpp prints its parse error
         sampler = lib().llama_sampler_init_grammar(neox.vocab, grammar.encode(), b"root")
@@ -304,7 +304,7 @@ def test_check_refuses_what_llama_cpp_refuses(neox: LlamaModel, grammar: str) ->
 @pytest.mark.llama
 @pytest.mark.torch
 def test_token_references_checked_against_the_model(neox: LlamaModel) -> None:
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     eos = int(lib().llama_vocab_eos(neox.vocab))
     eos_text = neox.token_to_piece(eos, special=True).decode()
@@ -330,8 +330,8 @@ def test_refused_grammar_never_reaches_generation(tiny_gguf: Callable[..., Path]
     # In a child: should a dead grammar reach llama.cpp, the abort must not kill the test run.
     code = textwrap.dedent(
         f"""
-        from edge_stack._llama import LlamaContext, LlamaModel
-        from edge_stack._llama_batch import BatchContext
+        from edge_stack.engines.llama import LlamaContext, LlamaModel
+        from edge_stack.engines.llama._batch import BatchContext
         from edge_stack.errors import GrammarError
         m = LlamaModel.load({str(tiny_gguf("gptneox"))!r})
         ctx = LlamaContext(m, n_ctx=64, n_threads=1)
@@ -358,7 +358,7 @@ def test_refused_grammar_never_reaches_generation(tiny_gguf: Callable[..., Path]
 
 
 def test_docs_state_the_limits() -> None:
-    import edge_stack._grammar as grammar
+    import edge_stack.formats.grammar._validate as grammar
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "stack-manifest.md").read_text()
     rows = re.findall(r"^\| `(MAX_[A-Z_]+)`:.*\| ([\d,]+)(?: bytes)? \|$", docs, re.MULTILINE)

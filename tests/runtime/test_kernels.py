@@ -1,4 +1,4 @@
-"""The kernel probe (edge_stack._kernels): real child processes, real llama.cpp, real signals.
+"""The kernel probe (edge_stack.engines.llama._kernels): real child processes, real llama.cpp, real signals.
 
 Faults are simulated with EDGESTACK_PROBE_FAULT, which makes the probe child kill itself with
 SIGSEGV when it reaches a type: the parent's detection, the verdict, its cache and the fallback
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import _kernels
-from edge_stack._env import settings
+from edge_stack.engines.llama import _kernels
 from edge_stack.errors import EngineError
+from edge_stack.util._env import settings
 
 pytestmark = pytest.mark.llama
 
@@ -174,7 +174,7 @@ def quantized_models(
 _GENERATE = textwrap.dedent(
     """
     import sys
-    from edge_stack._llama import LlamaContext, LlamaModel
+    from edge_stack.engines.llama import LlamaContext, LlamaModel
     model = LlamaModel.load(sys.argv[1])
     ctx = LlamaContext(model, n_ctx=128, n_threads=2)
     tokens = model.tokenize("Tom has 3 apples and", add_bos=model.add_bos, special=False)
@@ -215,8 +215,8 @@ def test_model_load_switches_llama_cpps_extra_buffer_types(
     """llama.cpp says where it put the weights: CPU_REPACK only while Q4_0 is not faulty."""
     import logging
 
-    from edge_stack._llama import LlamaModel
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama import LlamaModel
+    from edge_stack.engines.llama._lib import lib
 
     info = lib().llama_print_system_info().decode()
     if "REPACK = 1" not in info or not any(f in info for f in ("AVX2 = 1", "NEON = 1")):

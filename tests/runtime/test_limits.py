@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import _limits
-from edge_stack._env import settings
-from edge_stack._limits import MAX_THREADS, check_threads, cpu_threads, parse_threads
 from edge_stack.errors import BadArgument
+from edge_stack.util import _limits
+from edge_stack.util._env import settings
+from edge_stack.util._limits import MAX_THREADS, check_threads, cpu_threads, parse_threads
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def test_more_threads_than_cores_warns_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(_limits, "cpu_threads", lambda: 2)
-    with caplog.at_level(logging.WARNING, logger="edge_stack._limits"):
+    with caplog.at_level(logging.WARNING, logger="edge_stack.util._limits"):
         assert check_threads(2, "--threads") == 2
         assert caplog.records == []
         assert check_threads(3, "--threads") == 3
@@ -97,8 +97,8 @@ def test_parse_threads_is_check_threads_on_text() -> None:
 def test_llama_context_checks_threads_before_llama_cpp(
     tiny_gguf: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_stack._llama import LlamaContext, LlamaModel
-    from edge_stack._llama_batch import BatchContext
+    from edge_stack.engines.llama import LlamaContext, LlamaModel
+    from edge_stack.engines.llama._batch import BatchContext
 
     with LlamaModel.load(tiny_gguf("gptneox")) as model:
         for bad in (0, -1, MAX_THREADS + 1, 100_000):

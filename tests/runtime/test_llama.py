@@ -1,4 +1,4 @@
-"""edge_stack._llama on real llama.cpp, with tiny GGUF files converted inside the tests."""
+"""edge_stack.engines.llama._model on real llama.cpp, with tiny GGUF files converted inside the tests."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_stack._llama import GenToken, LlamaContext, LlamaModel, set_llama_logging
-from edge_stack._llama_sampling import StopText
+from edge_stack.engines.llama import GenToken, LlamaContext, LlamaModel, set_llama_logging
+from edge_stack.engines.llama._sampling import StopText
 from edge_stack.errors import (
     ContextOverflowError,
     EngineError,
@@ -414,7 +414,7 @@ def test_quantized_kv_cache_halves_the_cache_and_stays_exact_across_calls(
     tiny_gguf: Callable[..., Path],
 ) -> None:
     """q8_0 KV: half the state of f16, logits close to f16's, and still independent of history."""
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     with LlamaModel.load(tiny_gguf("gptneox-wide-heads")) as model:
         assert model.head_dims() == (32, 32)

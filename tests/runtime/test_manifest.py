@@ -1,4 +1,4 @@
-"""stack.toml loading: the DESIGN.md example, defaults, and every kind of bad manifest."""
+"""stack.toml loading: the documented example (docs/stack-manifest.md), defaults, and every kind of bad manifest."""
 
 from __future__ import annotations
 
@@ -367,7 +367,7 @@ def _no_secret(message: str) -> bool:
 @pytest.fixture(autouse=True)
 def _outside_paths_not_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the developer's shell says: tests that allow outside paths do it themselves."""
-    from edge_stack._env import settings
+    from edge_stack.util._env import settings
 
     monkeypatch.delenv("EDGESTACK_ALLOW_OUTSIDE_PATHS", raising=False)
     settings.cache_clear()
@@ -453,7 +453,7 @@ def test_outside_paths_allowed_by_the_caller(
     key: str,
     how: str,
 ) -> None:
-    from edge_stack._env import settings
+    from edge_stack.util._env import settings
 
     path = _stack_with(make_stack, outside, lines, links)
     if how == "environment":

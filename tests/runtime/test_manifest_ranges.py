@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge_stack._limits import MAX_N_CTX
 from edge_stack.errors import ManifestError
 from edge_stack.manifest import MAX_LORA_SCALE, MAX_REPEAT_PENALTY, load_manifest
+from edge_stack.util._limits import MAX_N_CTX
 
 from .conftest import MakeStack
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack._env import settings
-from edge_stack._paths import find_stack
 from edge_stack.errors import BadArgument, ModelFileNotFound
+from edge_stack.util._env import settings
+from edge_stack.util._paths import find_stack
 
 
 def test_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +34,7 @@ def test_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bundled_default_or_clear_error() -> None:
-    from edge_stack._paths import bundled_stack
+    from edge_stack.util._paths import bundled_stack
 
     bundled = bundled_stack()
     if bundled is None:
@@ -94,7 +94,7 @@ BAD_PATHS = [
 def test_checked_file_refuses(
     tmp_path: Path, kind: str, error: type[Exception], match: str
 ) -> None:
-    from edge_stack._paths import checked_file
+    from edge_stack.util._paths import checked_file
 
     path = _bad_path(tmp_path, kind)
     with pytest.raises(error, match=match) as info:
@@ -124,7 +124,7 @@ def test_find_stack_refuses(
 
 
 def test_checked_file_follows_good_symlinks(tmp_path: Path) -> None:
-    from edge_stack._paths import checked_file
+    from edge_stack.util._paths import checked_file
 
     (tmp_path / "real.txt").write_text("q\n")
     (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack._env import settings
-from edge_stack._pins import CACHE_NAME, MAX_CACHE_BYTES, check_pin, file_sha256
 from edge_stack.errors import ChecksumMismatch
+from edge_stack.util._env import settings
+from edge_stack.util._pins import CACHE_NAME, MAX_CACHE_BYTES, check_pin, file_sha256
 
 
 def test_pin_ok_mismatch_and_change(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_damaged_cache_is_rewritten(
     f = tmp_path / "m.gguf"
     f.write_bytes(b"abc" * 1000)
     digest = hashlib.sha256(f.read_bytes()).hexdigest()
-    with caplog.at_level(logging.INFO, logger="edge_stack._pins"):
+    with caplog.at_level(logging.INFO, logger="edge_stack.util._pins"):
         check_pin(f, digest, where="x")
     assert f"sha256 cache {cache} is damaged (" in caplog.text
     data = json.loads(cache.read_text())

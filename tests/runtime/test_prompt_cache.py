@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from edge_stack import Stack
-from edge_stack._engine import Engine
-from edge_stack._env import settings
-from edge_stack._llama import LlamaContext, LlamaModel
-from edge_stack._prompt_cache import HEADER, PromptCache, _pack
+from edge_stack.engines.llama import LlamaContext, LlamaModel
+from edge_stack.engines.llama._engine import Engine
+from edge_stack.engines.llama._prompt_cache import HEADER, PromptCache, _pack
+from edge_stack.util._env import settings
 
 from stack_builders import write_stack
 
@@ -226,7 +226,7 @@ def _shift_positions(payload: bytes) -> bytes:
 
 def _native_state(gguf: Path, n: int) -> bytes:
     """llama.cpp's own sequence state file of ``n`` tokens evaluated by ``gguf``."""
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     with LlamaModel.load(gguf) as model, LlamaContext(model, n_ctx=256, n_threads=1) as ctx:
         ids = model.tokenize(INSTRUCTIONS, add_bos=False, special=False)[: n + 1]
@@ -360,7 +360,7 @@ def test_decode_failure_after_a_restore_drops_the_file(
     """A state llama.cpp loads but cannot continue from: llama_decode fails on the rest of the
     prompt. The position check of load_prefix catches this state first, so it is turned off to
     reach the guard behind it."""
-    from edge_stack._llama_lib import lib
+    from edge_stack.engines.llama._lib import lib
 
     mod = lib()
     monkeypatch.setattr(mod, "llama_memory_seq_pos_min", lambda mem, seq: 0)

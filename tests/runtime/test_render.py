@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_stack._backend import StopScanner
-from edge_stack._render import (
+from edge_stack.engines._backend import StopScanner
+from edge_stack.formats._template import (
     Field,
     Segment,
     TemplateSyntaxError,

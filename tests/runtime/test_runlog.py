@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack import Answer, StageTrace, _runlog
-from edge_stack._env import settings
-from edge_stack._runlog import RunLog, default_log_path, log_answer
+from edge_stack import Answer, StageTrace
 from edge_stack.errors import RunLogError
+from edge_stack.tools import _runlog
+from edge_stack.tools._runlog import RunLog, default_log_path, log_answer
+from edge_stack.util._env import settings
 
 
 def answer(question: str, n_stages: int = 2) -> Answer:

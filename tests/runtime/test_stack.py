@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from edge_stack import Answer, Done, Stack, StageFinished, StageStarted, StageTrace, Token
-from edge_stack._backend import GenerationParams
-from edge_stack._limits import MAX_N_CTX, MAX_QUESTION_BYTES
+from edge_stack.engines._backend import GenerationParams
 from edge_stack.errors import BadArgument, Cancelled, ContextOverflowError, EngineError
 from edge_stack.manifest import load_manifest
+from edge_stack.util._limits import MAX_N_CTX, MAX_QUESTION_BYTES
 
 from .conftest import MakeStack
 from .fakes import SPECIAL_BASE, FakeBackend
@@ -318,7 +318,7 @@ def test_answer_json_shape(spec_path: Path) -> None:
 def test_load_refuses_bad_threads_before_loading(
     spec_path: Path, monkeypatch: pytest.MonkeyPatch, threads: object
 ) -> None:
-    from edge_stack import _engine
+    from edge_stack.engines.llama import _engine
 
     monkeypatch.setattr(_engine, "Engine", None)  # anything past the check would fail otherwise
     with pytest.raises(BadArgument, match=r"Stack.load\(threads=\) must be a whole number") as info:
@@ -330,8 +330,8 @@ def test_load_refuses_bad_threads_before_loading(
 def test_load_refuses_bad_env_threads_before_loading(
     spec_path: Path, monkeypatch: pytest.MonkeyPatch, env: str
 ) -> None:
-    from edge_stack import _engine
-    from edge_stack._env import settings
+    from edge_stack.engines.llama import _engine
+    from edge_stack.util._env import settings
 
     monkeypatch.setattr(_engine, "Engine", None)
     monkeypatch.setenv("EDGESTACK_THREADS", env)
@@ -378,9 +378,12 @@ def test_context_past_the_training_context_warns(
         f"n_ctx = {n_ctx}\n",
         {"m.gguf": tiny_gguf("gptneox")},  # trained on 256 positions
     )
-    with caplog.at_level(logging.WARNING, logger="edge_stack.stack"), Stack.load(path, threads=1):
+    with (
+        caplog.at_level(logging.WARNING, logger="edge_stack.pipeline._stack"),
+        Stack.load(path, threads=1),
+    ):
         pass
-    messages = [r.getMessage() for r in caplog.records if r.name == "edge_stack.stack"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_stack.pipeline._stack"]
     if warned:
         assert len(messages) == 1 and "stage only: n_ctx 512 is above" in messages[0]
         assert "(256 tokens)" in messages[0]

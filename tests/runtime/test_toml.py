@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_stack._toml import MAX_BYTES, MAX_DEPTH, _scan_nesting, read_toml
-from edge_stack.convert.recipe import load_recipe
+from edge_stack.builder.recipe import load_recipe
 from edge_stack.errors import ManifestError
 from edge_stack.manifest import load_manifest
+from edge_stack.util._toml import MAX_BYTES, MAX_DEPTH, _scan_nesting, read_toml
 
 DEEP = 100_000  # brackets: far past Python's recursion limit
 # Dotted keys: tomllib takes quadratic time for table headers and quadratic memory for keys

@@ -41,7 +41,7 @@ def _wait(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 
 def test_a_client_that_disconnects_mid_stream_stops_its_generation(start_server: Any) -> None:
-    from edge_stack._runlog import RunLog
+    from edge_stack.tools._runlog import RunLog
 
     server = start_server()
     received = 0

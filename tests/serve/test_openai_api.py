@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from edge_stack import Stack
-from edge_stack._paths import bundled_stacks
+from edge_stack.util._paths import bundled_stacks
 
 pytestmark = pytest.mark.llama
 
@@ -276,7 +276,7 @@ def test_health_and_metrics(module_server: Any) -> None:
 
 
 def test_answers_go_into_the_run_log(module_server: Any) -> None:
-    from edge_stack._runlog import RunLog
+    from edge_stack.tools._runlog import RunLog
 
     _post(module_server, "/v1/completions", {"model": "word-problems", "prompt": QUESTIONS[2]})
     runs = RunLog().recent(5)

@@ -1,0 +1,335 @@
+"""Batched generation: several prompts through one context together, one decode per step.
+
+A :class:`BatchContext` is a :class:`~edge_stack.engines.llama._context.LlamaContext` whose KV cache
+holds ``n_seq`` sequences, each in its own stream of ``n_ctx`` cells. Generation is where the
+time of a small model goes, and on a CPU it is bound by reading the weights once per step: one
+``llama_decode`` for a token of every active sequence reads them once for all of them.
+
+Results equal asking one by one (same tokens at temperature 0, same draws for the same seed):
+each prompt is evaluated alone, in the same position-aligned micro-batches the single-sequence
+path uses, and each sequence keeps its own sampler chain, stop strings and limits. Only the
+generation steps are shared. Each slot also remembers its tokens, so a prompt that starts like
+the one its slot saw last reuses whole cached micro-batches, exactly as
+:class:`LlamaContext` does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import ContextOverflowError, EngineError
+from ._context import GenStats, LlamaContext
+from ._lib import lib as _lib
+from ._lib import llama_errors, reason
+from ._sampling import StopText, build_sampler, check_grammar
+
+if TYPE_CHECKING:
+    import os
+
+    from ._model import LlamaModel
+
+#: most sequences one batch context holds (its KV cache grows with each)
+MAX_SEQ = 64
+
+
+@dataclass
+class BatchOutput:
+    """What one prompt of :meth:`BatchContext.generate_batch` produced."""
+
+    #: generated text up to (not including) a stop string; half UTF-8 characters dropped
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    #: this prompt's counts and timings (``first_token_seconds`` from the start of the call)
+    stats: GenStats = field(default_factory=GenStats)
+
+
+class BatchContext(LlamaContext):
+    """A context for up to ``n_seq`` prompts at a time (``n_ctx`` tokens for each)."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_ubatch: int = 32,
+        flash_attn: bool = True,
+        lora: str | os.PathLike[str] | None = None,
+        lora_scale: float = 1.0,
+        kv_cache_type: str = "f16",
+    ) -> None:
+        if not 1 <= n_seq <= MAX_SEQ:
+            raise EngineError(f"a batch holds 1 to {MAX_SEQ} sequences, not {n_seq}")
+        self._n_seq = n_seq
+        self._slots: list[list[int]] = [[] for _ in range(n_seq)]
+        self._slot_reusable = [0] * n_seq
+        super().__init__(
+            model,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_batch=n_batch,
+            n_ubatch=n_ubatch,
+            flash_attn=flash_attn,
+            lora=lora,
+            lora_scale=lora_scale,
+            kv_cache_type=kv_cache_type,
+        )
+
+    @property
+    def n_seq(self) -> int:
+        """How many prompts one :meth:`generate_batch` call takes at most."""
+        return self._n_seq
+
+    def reset(self) -> None:
+        """Forget every sequence's KV cache."""
+        with self._lock:
+            self._live()
+            _lib().llama_memory_clear(self._mem, True)
+            self._slots = [[] for _ in range(self._n_seq)]
+            self._slot_reusable = [0] * self._n_seq
+            self._tokens = []
+            self._reusable = 0
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        grammar: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[BatchOutput]:
+        """Generate after each prompt; one :class:`BatchOutput` per prompt, in order.
+
+        Same stopping rules and errors as :meth:`LlamaContext.generate` for every prompt; a
+        cancel stops all of them (their ``finish_reason`` is "cancelled").
+        """
+        if not 1 <= len(prompts) <= self._n_seq:
+            raise EngineError(f"give 1 to {self._n_seq} prompts, not {len(prompts)}")
+        if max_tokens < 0:
+            raise EngineError(f"max_tokens must be 0 or more, not {max_tokens}")
+        all_ids = [self._check_tokens(p) for p in prompts]
+        for ids in all_ids:
+            if len(ids) + max_tokens > self.n_ctx:
+                raise ContextOverflowError(
+                    f"prompt of {len(ids)} tokens plus max_tokens {max_tokens} = "
+                    f"{len(ids) + max_tokens} does not fit the context of {self.n_ctx} tokens; "
+                    "shorten the prompt, lower max_tokens or raise n_ctx"
+                )
+        lib = _lib()
+        if grammar is not None:
+            check_grammar(lib, self.model.vocab, grammar)
+        sampling: dict[str, Any] = {
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "repeat_penalty": repeat_penalty,
+            "seed": seed,
+            "grammar": grammar,
+        }
+        with self._lock:
+            self._live()
+            self._current = next(self._call)  # a single-sequence generation in flight is over
+            samplers: list[Any] = []
+            try:
+                for ids in all_ids:
+                    samplers.append(
+                        build_sampler(
+                            lib,
+                            self.model.vocab,
+                            self.model.n_vocab,
+                            history=ids.tolist(),
+                            **sampling,
+                        )
+                    )
+                # Sequence 0 is also the one the inherited single-sequence calls use.
+                self._slots[0], self._slot_reusable[0] = self._tokens, self._reusable
+                return self._run(all_ids, samplers, max_tokens, stop, cancel)
+            finally:
+                self._tokens, self._reusable = self._slots[0], self._slot_reusable[0]
+                for smpl in samplers:
+                    lib.llama_sampler_free(smpl)
+
+    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """As :meth:`LlamaContext.eval_logits` (on sequence 0; the other sequences are cleared)."""
+        rows = super().eval_logits(tokens)
+        self._slots = [[] for _ in range(self._n_seq)]
+        self._slot_reusable = [0] * self._n_seq
+        return rows
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _decode(self, ids: np.ndarray, **kwargs: Any) -> bool:
+        # The inherited single-sequence calls (generate, eval_logits) work on sequence 0.
+        for i in range(self.n_batch):
+            self._batch.seq_id[i][0] = 0
+        return super()._decode(ids, **kwargs)
+
+    def _run(
+        self,
+        all_ids: list[np.ndarray],
+        samplers: list[Any],
+        max_tokens: int,
+        stop: Sequence[str],
+        cancel: threading.Event | None,
+    ) -> list[BatchOutput]:
+        lib = _lib()
+        t0 = time.perf_counter()
+        outs = [BatchOutput(stats=GenStats(prompt_tokens=len(ids))) for ids in all_ids]
+        texts = [StopText(stop) for _ in all_ids]
+        pending: dict[int, int] = {}  # sequence -> token to decode next
+        cancelled = False
+        for seq, ids in enumerate(all_ids):
+            out = outs[seq]
+            t = time.perf_counter()
+            self._borrow_prefix(seq, ids, done=seq)
+            out.stats.cached_tokens = self._reuse_slot(seq, ids)
+            if not self._decode_seq(seq, ids[out.stats.cached_tokens :], cancel):
+                cancelled = True
+                break
+            self._slot_reusable[seq] = len(ids) // self.n_ubatch * self.n_ubatch
+            out.stats.prompt_seconds = time.perf_counter() - t
+            if max_tokens == 0:
+                out.stats.finish_reason = "length"
+                continue
+            # Sampled now: the next sequence's prompt overwrites these logits.
+            tok = int(lib.llama_sampler_sample(samplers[seq], self._ctx, -1))
+            out.stats.first_token_seconds = time.perf_counter() - t0
+            if self._take(seq, tok, out, texts[seq], max_tokens):
+                pending[seq] = tok
+        step_start = time.perf_counter()
+        while pending and not cancelled:
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            order = list(pending)
+            self._decode_step(order, [pending[s] for s in order])
+            pending = {}
+            for row, seq in enumerate(order):
+                tok = int(lib.llama_sampler_sample(samplers[seq], self._ctx, row))
+                if self._take(seq, tok, outs[seq], texts[seq], max_tokens):
+                    pending[seq] = tok
+        gen_seconds = time.perf_counter() - step_start
+        for seq, out in enumerate(outs):
+            if cancelled and out.stats.finish_reason == "":
+                out.stats.finish_reason = "cancelled"
+            out.text += texts[seq].flush()
+            out.stats.gen_seconds = gen_seconds
+            out.stats.completion_tokens = len(out.tokens)
+        return outs
+
+    def _take(self, seq: int, tok: int, out: BatchOutput, text: StopText, max_tokens: int) -> bool:
+        """Account for a sampled token; True if the sequence goes on (the token gets decoded)."""
+        if self.model.is_eog(tok):
+            out.stats.finish_reason = "eog"
+            return False
+        out.tokens.append(tok)
+        out.text += text.feed(self.model.token_to_piece(tok))
+        if text.stopped or len(out.tokens) >= max_tokens:
+            out.stats.finish_reason = "stop" if text.stopped else "length"
+            return False
+        return True
+
+    def _common_reusable(self, slot: int, ids: np.ndarray) -> int:
+        old = self._slots[slot]
+        m = min(len(old), len(ids) - 1)
+        same = np.asarray(old[:m], dtype=np.int32) == ids[:m]
+        common = m if same.all() else int(np.argmin(same))
+        return min(common, self._slot_reusable[slot]) // self.n_ubatch * self.n_ubatch
+
+    def _borrow_prefix(self, seq: int, ids: np.ndarray, *, done: int) -> None:
+        """Copy another slot's cache into ``seq`` when it holds a longer reusable prefix of ids.
+
+        The first batch of a stage would otherwise evaluate the same fixed prompt start once per
+        slot. Only slots ``< done`` (whose prompts this call has evaluated) are sources. A copy
+        between KV streams moves the whole stream (llama.cpp supports no partial one); the tail
+        after the prefix is dropped by :meth:`_reuse_slot` next.
+        """
+        own = self._common_reusable(seq, ids)
+        best, source = own, -1
+        for other in range(done):
+            k = self._common_reusable(other, ids)
+            if k > best:
+                best, source = k, other
+        if source < 0:
+            return
+        _lib().llama_memory_seq_cp(self._mem, source, seq, -1, -1)
+        self._slots[seq] = list(self._slots[source])
+        self._slot_reusable[seq] = self._slot_reusable[source]
+
+    def _reuse_slot(self, seq: int, ids: np.ndarray) -> int:
+        """Keep the reusable common prefix of slot ``seq`` (see ``LlamaContext._reuse_prefix``)."""
+        old = self._slots[seq]
+        keep = self._common_reusable(seq, ids)
+        if keep < len(old):
+            if not _lib().llama_memory_seq_rm(self._mem, seq, keep, -1):
+                _lib().llama_memory_seq_rm(self._mem, seq, -1, -1)
+                keep = 0
+            self._slots[seq] = old[:keep]
+        self._slot_reusable[seq] = keep
+        return keep
+
+    def _decode_seq(self, seq: int, ids: np.ndarray, cancel: threading.Event | None) -> bool:
+        """Append a prompt's ``ids`` to sequence ``seq`` in aligned chunks; logits for the last."""
+        batch = self._batch
+        for start in range(0, len(ids), self.n_batch):
+            if cancel is not None and cancel.is_set():
+                return False
+            chunk = np.ascontiguousarray(ids[start : start + self.n_batch])
+            n = len(chunk)
+            pos0 = len(self._slots[seq])
+            positions = np.arange(pos0, pos0 + n, dtype=np.int32)
+            batch.n_tokens = n
+            ctypes.memmove(batch.token, chunk.ctypes.data, 4 * n)
+            ctypes.memmove(batch.pos, positions.ctypes.data, 4 * n)
+            ctypes.memset(batch.logits, 0, n)
+            if start + n == len(ids):
+                batch.logits[n - 1] = 1
+            for i in range(n):
+                batch.seq_id[i][0] = seq
+            self._llama_decode(seq, pos0)
+            self._slots[seq].extend(int(t) for t in chunk)
+        return True
+
+    def _decode_step(self, seqs: list[int], toks: list[int]) -> None:
+        """One generation step: token ``toks[i]`` appended to sequence ``seqs[i]``, all logits."""
+        batch = self._batch
+        batch.n_tokens = len(seqs)
+        for i, (seq, tok) in enumerate(zip(seqs, toks, strict=True)):
+            batch.token[i] = tok
+            batch.pos[i] = len(self._slots[seq])
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = 1
+        self._llama_decode(seqs[0], int(batch.pos[0]))
+        for seq, tok in zip(seqs, toks, strict=True):
+            self._slots[seq].append(tok)
+
+    def _llama_decode(self, seq: int, pos: int) -> None:
+        with llama_errors() as errors:
+            rc = _lib().llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            # The cache state after a failed decode is not ours to guess: start over next time.
+            _lib().llama_memory_clear(self._mem, True)
+            self._slots = [[] for _ in range(self._n_seq)]
+            self._slot_reusable = [0] * self._n_seq
+            self._tokens, self._reusable = self._slots[0], 0
+            raise EngineError(
+                f"llama_decode failed (code {rc}) at position {pos} of sequence {seq} "
+                f"for {self.model.path}: {reason(errors)}"
+            )
