@@ -61,6 +61,7 @@ def _isolated_env(
         "EDGESTACK_NO_PROMPT_CACHE",
         "EDGESTACK_KERNELS",
         "EDGESTACK_PROBE_FAULT",
+        "EDGESTACK_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     # One thread: the suite runs on small shared CI machines, and results do not depend on it.

@@ -16,8 +16,9 @@ def serve(
         typer.Option(
             "--stack",
             "-s",
-            help="A bundled stack's name or a stack.toml/folder; repeat for several. "
-            "Default: every bundled stack.",
+            help="A stack: a name from `edgestack list` (served under that name) or a "
+            "stack.toml or its folder (served under its manifest's name); repeat for several. "
+            "Default: every stack `edgestack list` shows.",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -26,9 +27,8 @@ def serve(
         str | None,
         typer.Option(
             "--api-key",
-            envvar="EDGESTACK_API_KEY",
-            help="Require 'Authorization: Bearer KEY' (at least 8 characters). "
-            "Needed to listen beyond this machine.",
+            help="Require 'Authorization: Bearer KEY' (at least 8 characters; default "
+            "$EDGESTACK_API_KEY). Needed to listen beyond this machine.",
         ),
     ] = None,
     insecure_no_api_key: Annotated[
@@ -76,12 +76,17 @@ def serve(
 
       edgestack serve --stack ./my-stack --port 8080 --keep-alive -1
 
+      edgestack serve --stack word-problems --stack owner/name
+
       curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "word-problems",
       "messages": [{"role": "user", "content": "What is 15 plus 28?"}]}'
     """
     from ..serve import ServeConfig, Server, check_exposure, parse_keep_alive, resolve_stacks
     from ..util._limits import check_threads
 
+    from ..util._env import settings
+
+    api_key = api_key or settings().api_key
     check_exposure(host, api_key, insecure_no_api_key)
     stacks = resolve_stacks(stack or [])
     config = ServeConfig(
