@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ __all__ = ["BuildEvent", "build"]
 logger = logging.getLogger(__name__)
 
 MANIFEST = "stack.toml"
-Kind = Literal["model", "merged", "adapter"]
+Kind = Literal["model", "merged", "adapter", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class BuildEvent:
     status: Literal["start", "done", "skipped"]
     detail: str = ""
     seconds: float = 0.0
+    #: the output's file when it is not in the stack folder (a base_gguf named by pip:// or hf://)
+    file: Path | None = None
 
 
 Progress = Callable[[BuildEvent], None]
@@ -69,10 +72,15 @@ class _Step:
     adapter: Path | None = None
     scale: float = 1.0
     base_output: str | None = None  # adapter steps: the base GGUF it is applied to
+    #: "gguf" steps (a recipe's base_gguf): the GGUF file used as the base instead of a
+    #: conversion; copied into the stack, or with ``ref`` named by its pip:// or hf:// reference
+    gguf: Path | None = None
+    ref: bool = False
 
     @property
     def action(self) -> str:
-        return {"model": "convert", "merged": "merge", "adapter": "export"}[self.kind]
+        actions = {"model": "convert", "merged": "merge", "adapter": "export", "gguf": "verify"}
+        return actions[self.kind] if not (self.kind == "gguf" and not self.ref) else "copy"
 
 
 def _located(exc: EdgeStackError, where: str) -> EdgeStackError:
@@ -103,6 +111,40 @@ def _resolve(recipe: Recipe) -> dict[Source, Path]:
                 kind: Literal["model", "adapter"] = "model" if key == "base" else "adapter"
                 folders[source] = source.path or resolve_model_dir(source.spec, kind=kind)
     return folders
+
+
+def _resolve_ggufs(recipe: Recipe) -> dict[str, Path]:
+    """Each distinct ``base_gguf`` value -> the GGUF file (pip:// from the installed package,
+    hf:// from huggingface_hub's cache, downloaded when it is not there), checked as a model."""
+    from edge_stack.formats.gguf._check import check_gguf
+    from edge_stack.util._hubref import cached_hub_file, is_hub_file, parse_hub_file
+    from edge_stack.util._pkgref import (
+        installed_package_file,
+        is_package_file,
+        parse_package_file,
+    )
+
+    found: dict[str, Path] = {}
+    for stage in recipe.stages:
+        value = stage.base_gguf
+        if value is None or value in found:
+            continue
+        with _at(f"{recipe.path}: stage '{stage.name}', key 'base_gguf'"):
+            if is_package_file(value):
+                path = installed_package_file(parse_package_file(value))
+            elif is_hub_file(value):
+                ref = parse_hub_file(value)
+                cached = cached_hub_file(ref)
+                if cached is None:
+                    from huggingface_hub import hf_hub_download
+
+                    cached = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision))
+                path = cached
+            else:
+                path = Path(value)
+            check_gguf(path, kind="model")
+        found[value] = path
+    return found
 
 
 def _preflight(recipe: Recipe, folders: dict[Source, Path]) -> None:
@@ -138,19 +180,38 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "base"
 
 
-def _plan(recipe: Recipe, folders: dict[Source, Path]) -> tuple[list[_Step], dict[str, _Step]]:
+def _plan(
+    recipe: Recipe, folders: dict[Source, Path], ggufs: dict[str, Path] | None = None
+) -> tuple[list[_Step], dict[str, _Step]]:
     """The steps in order (bases first) and, per stage, the step of its model file."""
+    from edge_stack.util._hubref import is_hub_file
+    from edge_stack.util._pkgref import is_package_file
+
+    ggufs = ggufs or {}
     q = recipe.quantization
     taken = {MANIFEST.lower(), STATE_NAME.lower()}
     if recipe.mode == "merged":
         taken |= {f"{s.name}.{q}.gguf" for s in recipe.stages if s.adapter is not None}
     else:
         taken |= {f"{s.name}.lora.gguf" for s in recipe.stages if s.adapter is not None}
-    base_steps: dict[Path, _Step] = {}
+    base_steps: dict[tuple[Path, str | None], _Step] = {}
     for stage in recipe.stages:
         base_dir = folders[stage.base]
         needs_base = recipe.mode == "adapters" or stage.adapter is None
-        if needs_base and base_dir not in base_steps:
+        if stage.base_gguf is not None and (base_dir, stage.base_gguf) not in base_steps:
+            value = stage.base_gguf
+            ref = is_package_file(value) or is_hub_file(value)
+            name = value if ref else ggufs[value].name
+            if not ref:
+                if name.lower() in taken:
+                    raise OutputExistsError(
+                        f"{recipe.path}: stage '{stage.name}', key 'base_gguf': the file name "
+                        f"{name} is taken by another output of this build; rename the GGUF"
+                    )
+                taken.add(name.lower())
+            step = _Step(name, "gguf", base_dir, gguf=ggufs[value], ref=ref)
+            base_steps[base_dir, value] = step
+        elif needs_base and (base_dir, None) not in base_steps and stage.base_gguf is None:
             hub_name = stage.base.spec.split("@")[0].split("/")[-1]
             stem = _slug(base_dir.name if stage.base.path else hub_name)
             name, n = f"{stem}.{q}.gguf", 1
@@ -158,13 +219,13 @@ def _plan(recipe: Recipe, folders: dict[Source, Path]) -> tuple[list[_Step], dic
                 n += 1
                 name = f"{stem}-{n}.{q}.gguf"
             taken.add(name.lower())
-            base_steps[base_dir] = _Step(name, "model", base_dir)
+            base_steps[base_dir, None] = _Step(name, "model", base_dir)
     steps = list(base_steps.values())
     model_of: dict[str, _Step] = {}
     for stage in recipe.stages:
         base_dir = folders[stage.base]
         if stage.adapter is None:
-            model_of[stage.name] = base_steps[base_dir]
+            model_of[stage.name] = base_steps[base_dir, stage.base_gguf]
             continue
         adapter_dir = folders[stage.adapter]
         if recipe.mode == "merged":
@@ -173,7 +234,7 @@ def _plan(recipe: Recipe, folders: dict[Source, Path]) -> tuple[list[_Step], dic
             )
             model_of[stage.name] = step
         else:
-            base = base_steps[base_dir]
+            base = base_steps[base_dir, stage.base_gguf]
             step = _Step(
                 f"{stage.name}.lora.gguf",
                 "adapter",
@@ -198,12 +259,14 @@ def _keys(recipe: Recipe, steps: list[_Step], state: BuildState) -> dict[str, st
     keys: dict[str, str] = {}
     for step in steps:
         parts: dict[str, Any] = {"kind": step.kind, "base": fingerprint(step.base, "model")}
+        if step.gguf is not None:
+            parts.update(gguf=state.input_sha(step.gguf), ref=step.ref)
         if step.adapter is not None:
             parts.update(adapter=fingerprint(step.adapter, "adapter"), scale=step.scale)
         if step.kind == "adapter":
             assert step.base_output is not None
             parts.update(outtype=recipe.adapter_type, base_output=keys[step.base_output])
-        else:
+        elif step.kind != "gguf":
             parts["outtype"] = recipe.quantization
         keys[step.output] = step_key(**parts)
     return keys
@@ -234,6 +297,8 @@ class _Runner:
         self.work = work
         self.threads = threads
         self._refs: dict[tuple[Path, Path | None, float], Path] = {}
+        #: outputs that are GGUF files named by reference (pip://, hf://) -> their files
+        self.base_files: dict[str, Path] = {}
 
     def f32_reference(self, base: Path, adapter: Path | None, scale: float) -> Path:
         """The f32 conversion of ``base`` (with ``adapter`` merged), made once per build."""
@@ -255,8 +320,18 @@ class _Runner:
         from ._verify import looser, transformers_available, verify_adapter, verify_model
 
         q = self.recipe.quantization
-        tmp = self.work / step.output
-        if step.kind == "model":
+        tmp = self.work / (Path(step.output).name if step.ref else step.output)
+        if step.kind == "gguf":
+            assert step.gguf is not None
+            candidate = step.gguf
+            if not step.ref:  # a local GGUF: the stack gets its own copy
+                shutil.copyfile(step.gguf, tmp)
+                candidate = tmp
+            reference = (
+                step.base if transformers_available() else self.f32_reference(step.base, None, 1.0)
+            )
+            report = verify_model(candidate, reference, threads=self.threads)
+        elif step.kind == "model":
             convert_checkpoint(step.base, tmp, outtype=q)
             reference = (
                 step.base if transformers_available() else self.f32_reference(step.base, None, 1.0)
@@ -270,12 +345,14 @@ class _Runner:
             reference = self.f32_reference(step.base, step.adapter, step.scale)
             report = verify_model(tmp, reference, threads=self.threads)
         else:
-            from edge_stack.formats.gguf._check import check_adapter_fits
+            from edge_stack.formats.gguf._check import check_adapter_fits, check_gguf
 
             assert step.adapter is not None and step.base_output is not None
             kind = self.recipe.adapter_type
             export_lora(step.adapter, step.base, tmp, outtype=kind)
-            base_gguf = self.out / step.base_output
+            base_gguf = self.base_files.get(step.base_output, self.out / step.base_output)
+            if step.base_output in self.base_files:  # a recipe's base_gguf: its own type
+                q = check_gguf(base_gguf, kind="model").file_type.lower()
             check_adapter_fits(tmp, base_gguf)
             report = verify_adapter(
                 base_gguf,
@@ -287,13 +364,27 @@ class _Runner:
                 threads=self.threads,
             )
         if not report.passed:
+            if step.kind == "gguf":
+                raise VerificationFailed(
+                    f"{self.recipe.path}: key 'base_gguf': the GGUF {step.gguf} disagrees with "
+                    f"the checkpoint {step.base} the "
+                    f"adapters were trained on: {report.summary()}; give the GGUF this "
+                    "checkpoint was made from (base_gguf) or the checkpoint of this GGUF (base)"
+                )
             raise VerificationFailed(
                 f"{step.output} ({step.action} of {step.adapter or step.base}) disagrees with its "
                 f"source: {report.summary()}; the file was not kept. Check the source folders, "
                 "or try a finer quantization in the recipe"
             )
-        _publish(tmp, self.out / step.output)
+        if not step.ref:
+            _publish(tmp, self.out / step.output)
         return report.summary()
+
+
+def _ref_unchanged(state: BuildState, step: _Step, key: str) -> bool:
+    """A referenced base GGUF was verified by an earlier build with the same inputs."""
+    record = state.outputs.get(step.output) or {}
+    return bool(record.get("reference")) and record.get("key") == key
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -323,8 +414,9 @@ def build(
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} is a file; give a folder for the stack")
     folders = _resolve(recipe)
+    ggufs = _resolve_ggufs(recipe)
     _preflight(recipe, folders)
-    steps, model_of = _plan(recipe, folders)
+    steps, model_of = _plan(recipe, folders, ggufs)
     state = BuildState.load(out)
     recipe_rel = Path(os.path.relpath(recipe.path, out)).as_posix()
     if state.recipe not in (None, recipe_rel) and state.outputs and not force:
@@ -332,27 +424,47 @@ def build(
             f"{out} holds a stack built from another recipe ({state.recipe}); build into another "
             "folder, or pass --force to replace that stack's files"
         )
-    _check_conflicts(out, [s.output for s in steps] + [MANIFEST], state, force=force)
+    files = [s.output for s in steps if not s.ref]
+    _check_conflicts(out, [*files, MANIFEST], state, force=force)
     state.recipe = recipe_rel
     keys = _keys(recipe, steps, state)
     out.mkdir(parents=True, exist_ok=True)
     total = len(steps) + 1
     with temp_dir(out, "build") as scratch:
         runner = _Runner(recipe, out, scratch, threads)
+        runner.base_files = {s.output: s.gguf for s in steps if s.ref and s.gguf is not None}
         for index, step in enumerate(steps, start=1):
             key = keys[step.output]
-            if not force and unchanged(state, out, step.output, key):
+            ext = step.gguf if step.ref else None
+            done = _ref_unchanged(state, step, key) if step.ref else None
+            if not force and (done or (not step.ref and unchanged(state, out, step.output, key))):
                 detail = "unchanged"
-                report(BuildEvent(index, total, step.output, step.action, "skipped", detail))
+                report(
+                    BuildEvent(index, total, step.output, step.action, "skipped", detail, file=ext)
+                )
                 continue
-            report(BuildEvent(index, total, step.output, step.action, "start"))
+            report(BuildEvent(index, total, step.output, step.action, "start", file=ext))
             started = time.perf_counter()
             summary = runner.run(step)
-            state.record(out, step.output, key, verify=summary)
+            if step.ref:  # nothing written here: remember the referenced file's digest
+                assert step.gguf is not None
+                digest = state.input_sha(step.gguf)
+                state.outputs[step.output] = {
+                    "key": key,
+                    "sha256": digest,
+                    "reference": True,
+                    "verify": summary,
+                }
+            else:
+                state.record(out, step.output, key, verify=summary)
             state.save()
             seconds = time.perf_counter() - started
             logger.info("%s: %s (%.1fs)", step.output, summary, seconds)
-            report(BuildEvent(index, total, step.output, step.action, "done", summary, seconds))
+            report(
+                BuildEvent(
+                    index, total, step.output, step.action, "done", summary, seconds, file=ext
+                )
+            )
     manifest = _write_manifest(recipe, out, steps, model_of, state, force=force)
     report(BuildEvent(total, total, MANIFEST, "write", manifest[1]))
     _remove_stale(out, state, {s.output for s in steps} | {MANIFEST})
@@ -397,12 +509,15 @@ def _write_manifest(
     path = out / MANIFEST
     # Validate before writing: the text must parse, and be a valid manifest over these files.
     parse_manifest(tomllib.loads(text), path, check_files=True)
+    files = {s.output: s.gguf for s in steps if s.ref and s.gguf is not None}
     for step in steps:
         if step.kind == "adapter":
             assert step.base_output is not None
-            check_adapter_fits(out / step.output, out / step.base_output)
+            check_adapter_fits(
+                out / step.output, files.get(step.base_output, out / step.base_output)
+            )
         else:
-            check_gguf(out / step.output, kind="model")
+            check_gguf(files.get(step.output, out / step.output), kind="model")
     key = step_key(kind="manifest", text=text)
     status: Literal["done", "skipped"] = "skipped"
     if force or not unchanged(state, out, MANIFEST, key):
@@ -430,7 +545,9 @@ def _settings(recipe: Recipe, values: Any, merged: bool) -> dict[str, Any]:
 def _remove_stale(out: Path, state: BuildState, keep: set[str]) -> None:
     """Delete outputs of an earlier build that this recipe no longer makes (only if unchanged)."""
     for name in sorted(set(state.outputs) - keep):
-        if state.output_sha(out, name) is not None:
+        if state.outputs[name].get("reference"):  # a pip:// or hf:// base: nothing of ours
+            pass
+        elif state.output_sha(out, name) is not None:
             remove_quietly(out / name)
             logger.info("removed %s (no longer in the recipe)", name)
         else:

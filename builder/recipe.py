@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_stack.errors import HubError, ManifestError, ModelFileNotFound
-from edge_stack.manifest import STAGE_KEYS, StackSpec, parse_manifest
+from edge_stack.manifest import REMOTE_KEYS, STAGE_KEYS, StackSpec, parse_manifest
 from edge_stack.util._toml import read_toml
 
 __all__ = [
@@ -52,12 +52,15 @@ Mode = Literal["merged", "adapters"]
 MODES: tuple[Mode, ...] = ("merged", "adapters")
 
 #: stack.toml stage keys a recipe sets directly; the build writes model/lora and their pins
+#: (a recipe builds local stages: `edgestack export` writes stages that run on a server)
 GENERATION_KEYS: tuple[str, ...] = tuple(
-    k for k in STAGE_KEYS if k not in {"name", "model", "lora", "sha256", "lora_sha256"}
+    k
+    for k in STAGE_KEYS
+    if k not in {"name", "model", "lora", "sha256", "lora_sha256", "engine", *REMOTE_KEYS}
 )
 _SOURCE_KEYS = ("base", "adapter")
-_STAGE_KEYS = {"name", *_SOURCE_KEYS, *GENERATION_KEYS}
-_DEFAULT_KEYS = {"base", *GENERATION_KEYS}
+_STAGE_KEYS = {"name", *_SOURCE_KEYS, "base_gguf", *GENERATION_KEYS}
+_DEFAULT_KEYS = {"base", "base_gguf", *GENERATION_KEYS}
 _TOP_KEYS = {"name", "description", "mode", "quantization", "adapter_type", "defaults", "stages"}
 # Keys of stack.toml that mean something else here: say what to write instead.
 _MANIFEST_ONLY = {
@@ -98,6 +101,9 @@ class RecipeStage:
     adapter: Source | None
     settings: Mapping[str, Any]
     lora_scale: float = 1.0
+    #: the GGUF the stage runs on instead of a conversion of ``base``: an absolute path, or a
+    #: ``pip://`` / ``hf://`` reference written as such into stack.toml (never copied)
+    base_gguf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,46 @@ def _source(
     except HubError as exc:
         raise where.error(str(exc), stage=stage, key=key) from None
     return Source(text, None)
+
+
+def _base_gguf(
+    value: object, root: Path, where: _Where, stage: str, mode: str, *, check: bool
+) -> str | None:
+    """A stage's ``base_gguf``: a ``pip://``/``hf://`` reference as written, or a local GGUF
+    file (relative to the recipe) as an absolute path."""
+    from edge_stack.util._hubref import is_hub_file, parse_hub_file
+    from edge_stack.util._pkgref import is_package_file, parse_package_file
+
+    if value is None:
+        return None
+    if mode != "adapters":
+        raise where.error(
+            'applies to mode = "adapters" only (a merged stage is a conversion of its own)',
+            stage=stage,
+            key="base_gguf",
+        )
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(
+            "must be a GGUF file (relative to the recipe), pip://package/path/file.gguf or "
+            f"hf://owner/name/file.gguf, got {value!r}",
+            stage=stage,
+            key="base_gguf",
+        )
+    text = value.strip()
+    try:
+        if is_package_file(text):
+            return str(parse_package_file(text))
+        if is_hub_file(text):
+            return str(parse_hub_file(text))
+    except (HubError, ManifestError) as exc:
+        raise where.error(str(exc), stage=stage, key="base_gguf") from None
+    path = (root / Path(text).expanduser()).resolve()
+    if check and not path.is_file():
+        raise ModelFileNotFound(
+            f"{where.prefix(stage, 'base_gguf')}: GGUF file {path} does not exist; fix the path "
+            "(it is relative to the recipe)"
+        )
+    return str(path)
 
 
 def _generation(
@@ -297,7 +343,11 @@ def parse_recipe(data: Mapping[str, Any], path: Path, *, check_files: bool = Tru
         scale = float(settings.get("lora_scale", defaults.get("lora_scale", 1.0)))
         if "lora_scale" in settings and adapter is None:
             raise where.error("the stage has no 'adapter' to scale", stage=label, key="lora_scale")
-        stages.append(RecipeStage(str(raw.get("name")), base, adapter, settings, scale))
+        base_gguf = _base_gguf(
+            raw.get("base_gguf", defaults_raw.get("base_gguf")), root, where, label, mode,
+            check=check_files,
+        )  # fmt: skip
+        stages.append(RecipeStage(str(raw.get("name")), base, adapter, settings, scale, base_gguf))
         manifest_stages.append(
             {"name": raw.get("name"), "model": "base.gguf", **raw_generation(raw)}
         )

@@ -224,12 +224,26 @@ def _hub_error(exc: Exception, hub: HubSpec, kind: Kind, cache: Path) -> Excepti
         )
     if isinstance(exc, errors.HFValidationError):
         return HubError(f"'{hub}' is not a valid Hub id: {_first_line(exc)}")
+    if _is_transport_error(exc):
+        # The connection broke after the download started (huggingface_hub retries, then
+        # gives up): what it fetched stays in the cache, and the next run resumes from there.
+        return HubError(
+            f"the download of {ref} into {cache} broke off ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check the connection and run again to resume it, or pass a "
+            "local folder"
+        )
     if isinstance(exc, OSError):
         # Connection trouble huggingface_hub did not turn into a cache lookup, disk full, ...
         return HubError(
             f"could not fetch {ref} into {cache}: {type(exc).__name__}: {_first_line(exc)}"
         )
     return exc
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """An error of the HTTP client's transport (httpx and its forks: a connection reset or cut
+    mid-response), which is not an OSError."""
+    return any(c.__name__ == "TransportError" for c in type(exc).__mro__)
 
 
 def _first_line(exc: BaseException) -> str:

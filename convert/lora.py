@@ -29,6 +29,8 @@ from edge_stack._version import __version__
 from edge_stack.errors import AdapterError, BadArgument
 from edge_stack.util._atomic import atomic_output, check_output
 
+from ._gguf_base import GGUFBase
+from ._gguf_base import GGUFBase as GGUFBaseType
 from ._peft import LoraModule, PeftAdapter, load_adapter
 from .arch import ArchSpec
 from .checkpoint import Checkpoint, TensorSource
@@ -54,7 +56,7 @@ class Fit:
     transposed: bool
 
 
-def check_fits(adapter: PeftAdapter, ckpt: Checkpoint, spec: ArchSpec) -> list[Fit]:
+def check_fits(adapter: PeftAdapter, ckpt: Checkpoint | GGUFBase, spec: ArchSpec) -> list[Fit]:
     """Place every module of ``adapter`` on a weight of ``ckpt``, or raise one AdapterError.
 
     Nothing is written before this passes, so a mismatched adapter leaves no output behind.
@@ -106,7 +108,9 @@ def check_fits(adapter: PeftAdapter, ckpt: Checkpoint, spec: ArchSpec) -> list[F
     return fits
 
 
-def _check_copy(adapter: PeftAdapter, ckpt: Checkpoint, name: str, key: str) -> str | None:
+def _check_copy(
+    adapter: PeftAdapter, ckpt: Checkpoint | GGUFBase, name: str, key: str
+) -> str | None:
     """A base weight saved whole in the adapter must be the base's own (we apply LoRA only)."""
     found = _find_weight_name(name, set(ckpt.names()))
     if found is None or tuple(ckpt.shape(found)) != tuple(adapter.tensors.shape(key)):
@@ -124,16 +128,22 @@ def _check_copy(adapter: PeftAdapter, ckpt: Checkpoint, name: str, key: str) -> 
     return None
 
 
-def _same_values(adapter: PeftAdapter, key: str, ckpt: Checkpoint, name: str) -> bool:
+def _same_values(adapter: PeftAdapter, key: str, ckpt: Checkpoint | GGUFBase, name: str) -> bool:
     # The copy may have been saved at another precision than the checkpoint (a base stored in f32
-    # but trained in bf16): equal up to bf16 rounding (2^-8 relative) counts as unchanged.
+    # but trained in bf16): equal up to bf16 rounding (2^-8 relative) counts as unchanged. A GGUF
+    # base may be quantized: equal up to its type's rounding, relative to each row's largest value.
     # Compared in row blocks so an embedding copy never costs two whole matrices of memory.
+    rounding = ckpt.rounding(name) if isinstance(ckpt, GGUFBaseType) else None
     n_rows = ckpt.shape(name)[0] if ckpt.shape(name) else 1
     for start in range(0, n_rows, 4096):
         rows = slice(start, start + 4096)
-        if not np.allclose(
-            adapter.tensors.read_rows(key, rows), ckpt.read_rows(name, rows), rtol=2**-7, atol=1e-30
-        ):
+        copy, base = adapter.tensors.read_rows(key, rows), ckpt.read_rows(name, rows)
+        if rounding is None:
+            same = np.allclose(copy, base, rtol=2**-7, atol=1e-30)
+        else:
+            limit = rounding * np.abs(base).max(axis=-1, keepdims=True) + 1e-30
+            same = bool(np.all(np.abs(copy - base) <= limit))
+        if not same:
             return False
     return True
 
@@ -224,7 +234,7 @@ def export_tensors(
     """``(gguf name, float32 array)`` for every lora_a/lora_b, re-laid out like the base."""
     out: list[tuple[str, np.ndarray]] = []
     for fit in fits:
-        target = spec.gguf_name(fit.weight)
+        target = spec.gguf_name_or_none(fit.weight)
         if target is None:
             raise AdapterError(
                 f"adapter {adapter.path}: {fit.weight} has no tensor in a {spec.arch_name} GGUF"
@@ -252,9 +262,11 @@ def export_lora(
     """Write PEFT adapter ``adapter`` as a GGUF LoRA adapter for the GGUF of ``base``.
 
     ``adapter`` and ``base`` are folders or Hub ids; ``base`` is the Hugging Face checkpoint the
-    adapter was trained on (its conversion decides the layout the adapter must follow).
+    adapter was trained on (its conversion decides the layout the adapter must follow), or a
+    GGUF model of the same weights (its metadata and tensors decide it, see ``_gguf_base``).
     ``outtype`` is f32, f16 or q8_0 (q8_0 keeps rows that are not whole blocks at f16).
     """
+    from ._gguf_base import is_gguf_file
     from .arch import arch_for
     from .checkpoint import open_checkpoint
     from .hub import resolve_model_dir
@@ -267,6 +279,20 @@ def export_lora(
             f"unknown --outtype {outtype!r} for a LoRA adapter; choose one of {', '.join(EXPORT_TYPES)}"
         )
     adapter_dir = resolve_model_dir(_spec(adapter), kind="adapter")
+    if is_gguf_file(os.fspath(base)):
+        tensors, gspec, alpha, gguf_name = _from_gguf_base(adapter_dir, Path(base).expanduser())
+        with atomic_output(target, force=force) as tmp:
+            _write_adapter(
+                tmp,
+                gspec,
+                tensors,
+                alpha,
+                types,
+                name=_display_name(adapter, adapter_dir),
+                base=gguf_name,
+            )
+        logger.info("exported %s -> %s over GGUF %s", adapter_dir, target, base)
+        return target
     base_dir = resolve_model_dir(_spec(base), kind="model")
     with open_checkpoint(base_dir) as ckpt:
         spec = arch_for(ckpt)
@@ -290,6 +316,27 @@ def export_lora(
         )
     logger.info("exported %s -> %s (%d tensors, %s)", adapter_dir, target, len(tensors), outtype)
     return target
+
+
+def _from_gguf_base(
+    adapter_dir: Path, base: Path
+) -> tuple[list[tuple[str, np.ndarray]], ArchSpec, float, str]:
+    """Export tensors for an adapter over a GGUF base: (tensors, spec, alpha, base name)."""
+    from edge_stack.formats.gguf._check import check_gguf
+
+    from ._gguf_base import open_gguf_base
+
+    lora = load_adapter(adapter_dir)
+    gbase = open_gguf_base(base, [m.weight for m in lora.modules] + list(lora.copies))
+    try:
+        fits = check_fits(lora, gbase, gbase.spec)
+        alpha = _file_alpha(lora)
+        tensors = export_tensors(lora, gbase.spec, fits, alpha)
+    finally:
+        lora.close()
+        gbase.close()
+    summary = check_gguf(base, kind="model")
+    return tensors, gbase.spec, alpha, str(lora.base_model or summary.name or base.name)
 
 
 def _spec(value: str | os.PathLike[str]) -> str | Path:

@@ -28,7 +28,7 @@ import gguf
 from edge_stack.errors import BadArgument, QuantizeError
 from edge_stack.util._atomic import atomic_output, check_output
 
-__all__ = ["QUANT_TYPES", "quant_type_names", "quantize"]
+__all__ = ["QUANT_TYPES", "fallbacks", "quant_type_names", "quantize", "tensor_type_mix"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,62 @@ def quantize(
             raise QuantizeError(
                 f"llama.cpp could not quantize {source} to {name}: {reason(lines)}" + _hint(name)
             )
+        report = fallback_report(tmp, name)
+    if report:
+        logger.warning("%s: %s", target, report)
     return target
+
+
+def tensor_type_mix(path: str | os.PathLike[str]) -> dict[str, int]:
+    """How many tensors of a GGUF file are stored in each type, most first."""
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        kind = tensor.tensor_type.name
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _main_type(name: str) -> gguf.GGMLQuantizationType | None:
+    """The tensor type a file type is named after (q4_k_m -> Q4_K), if there is one."""
+    base = name.upper()
+    for suffix in ("_XXS", "_XS", "_S", "_M", "_L", "_NL"):
+        candidate = base.removesuffix(suffix)
+        if candidate in gguf.GGMLQuantizationType.__members__:
+            return gguf.GGMLQuantizationType[candidate]
+    return gguf.GGMLQuantizationType.__members__.get(base)
+
+
+def fallbacks(path: str | os.PathLike[str], name: str) -> dict[str, int]:
+    """Matrices that llama.cpp stored in another type than ``name``'s because their rows are not
+    a whole number of its blocks: fallback type -> count."""
+    main = _main_type(name)
+    if main is None:
+        return {}
+    block = gguf.GGML_QUANT_SIZES[main][0]
+    found: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        width = int(tensor.shape[0])
+        if len(tensor.shape) > 1 and width % block and tensor.tensor_type != main:
+            kind = tensor.tensor_type.name
+            found[kind] = found.get(kind, 0) + 1
+    return found
+
+
+def fallback_report(path: str | os.PathLike[str], name: str) -> str | None:
+    """One line on the fallbacks of a file quantized as ``name``, or None when there are none."""
+    found = fallbacks(path, name)
+    if not found:
+        return None
+    main = _main_type(name)
+    assert main is not None
+    block = gguf.GGML_QUANT_SIZES[main][0]
+    mix = ", ".join(f"{k} x {v}" for k, v in tensor_type_mix(path).items())
+    moved = ", ".join(f"{k} x {v}" for k, v in found.items())
+    return (
+        f"{sum(found.values())} matrices are not {main.name} ({moved}): their rows are not a "
+        f"multiple of {main.name}'s {block}-value blocks, so llama.cpp used another type; "
+        f"tensor types: {mix}"
+    )
 
 
 def _run_quantizer(

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_stack.errors import ModelFileNotFound, TokenizerError
-from edge_stack.formats.gguf._keys import TOKENIZER_NORMALIZER
+from edge_stack.formats.gguf._keys import TOKENIZER_NORMALIZER, TOKENIZER_SPACE_PREFIX
 
 from ._pretokenizer import check_normalizer, detect_pre, match_pre_type
+from ._spm import SpmParts, is_spm_json, spm_from_json, spm_from_model
+from ._vocab_checks import check_merges, check_texts, checked_id, shown, vocab_by_id
 
 if TYPE_CHECKING:
     import gguf
@@ -65,6 +67,14 @@ class Vocab:
     normalizer: str | None = None
     #: chat templates by name; "default" is the one llama.cpp uses unless told otherwise
     chat_templates: Mapping[str, str] = field(default_factory=dict)
+    #: llama.cpp's tokenizer model: "gpt2" (byte-level BPE) or "llama" (SentencePiece, see _spm)
+    model: str = "gpt2"
+    #: SentencePiece scores, one per token ("llama" only)
+    scores: tuple[float, ...] = ()
+    #: tokenizer.ggml.add_space_prefix ("llama" only)
+    add_space_prefix: bool | None = None
+    #: "first": no space prefix for a text that starts with a space (transformers' Metaspace)
+    space_prefix_rule: str | None = None
 
     @property
     def chat_template(self) -> str | None:
@@ -75,11 +85,18 @@ class Vocab:
         """Add every ``tokenizer.*`` key to ``writer`` (model, pre, tokens, ids, flags, templates)."""
         import gguf
 
-        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_model(self.model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(list(self.tokens))
+        if self.scores:
+            writer.add_token_scores(list(self.scores))
         writer.add_token_types([gguf.TokenType(t) for t in self.token_types])
-        writer.add_token_merges(list(self.merges))
+        if self.merges:
+            writer.add_token_merges(list(self.merges))
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
+        if self.space_prefix_rule is not None:
+            writer.add_string(TOKENIZER_SPACE_PREFIX, self.space_prefix_rule)
         for name, token_id in zip(
             _SPECIAL_NAMES, (self.bos_id, self.eos_id, self.unk_id, self.pad_id), strict=True
         ):
@@ -105,34 +122,78 @@ class Vocab:
 
 
 def load_vocab(model_dir: Path, *, n_vocab: int) -> Vocab:
-    """Read the byte-level BPE tokenizer in ``model_dir`` for a model with ``n_vocab`` embedding rows.
+    """Read the tokenizer in ``model_dir`` for a model with ``n_vocab`` embedding rows.
 
-    Raises :class:`ModelFileNotFound` without ``tokenizer.json`` and :class:`TokenizerError`
-    for anything that cannot be converted exactly (not byte-level BPE, an unknown pre-tokenizer
-    structure, more tokens than ``n_vocab``, duplicate token texts, ...).
+    ``tokenizer.json`` (byte-level BPE, or SentencePiece-style BPE with byte fallback) is read
+    as transformers reads it; without one, a SentencePiece ``tokenizer.model``.
+    Raises :class:`ModelFileNotFound` without either and :class:`TokenizerError` for anything
+    that cannot be converted exactly (Unigram, an unknown pre-tokenizer structure, more tokens
+    than ``n_vocab``, duplicate token texts, ...).
     """
     model_dir = Path(model_dir)
     path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        if (model_dir / "tokenizer.model").is_file():
-            raise TokenizerError(
-                f"{model_dir} has a SentencePiece tokenizer.model but no tokenizer.json; only "
-                "byte-level BPE tokenizers (tokenizer.json) are supported"
-            )
+    sp_path = model_dir / "tokenizer.model"
+    if not path.is_file() and not sp_path.is_file():
         raise ModelFileNotFound(
-            f"no tokenizer.json in {model_dir}; the converter needs the model's byte-level BPE "
-            "tokenizer (save it with tokenizer.save_pretrained into the model folder)"
+            f"no tokenizer.json or tokenizer.model in {model_dir}; the converter needs the "
+            "model's tokenizer (save it with tokenizer.save_pretrained into the model folder)"
         )
-    data = _read_json(path)
     config = _read_json(model_dir / "tokenizer_config.json", required=False)
     special_map = _read_json(model_dir / "special_tokens_map.json", required=False)
+    where = path if path.is_file() else sp_path
     try:
+        if not path.is_file():
+            added = _config_added_tokens(config, model_dir)
+            parts = spm_from_model(sp_path, config, special_map, added, n_vocab=n_vocab)
+            return _spm_vocab(parts, config, model_dir)
+        data = _read_json(path)
+        if is_spm_json(data):
+            parts = spm_from_json(data, config, special_map, n_vocab=n_vocab)
+            return _spm_vocab(parts, config, model_dir)
         return _build(data, config, special_map, model_dir, n_vocab=n_vocab)
     except TokenizerError as exc:
         message = str(exc)
         if str(model_dir) not in message:
-            message = f"{path}: {message}"
+            message = f"{where}: {message}"
         raise TokenizerError(message) from None
+
+
+def _spm_vocab(parts: SpmParts, config: dict[str, Any], model_dir: Path) -> Vocab:
+    if parts.special["eos"] is None:
+        logger.warning("%s: the tokenizer names no eos token", model_dir)
+    return Vocab(
+        pre="default",
+        tokens=parts.tokens,
+        token_types=parts.types,
+        merges=(),
+        bos_id=parts.special["bos"],
+        eos_id=parts.special["eos"],
+        unk_id=parts.special["unk"],
+        pad_id=parts.special["pad"],
+        add_bos=parts.add_bos,
+        add_eos=parts.add_eos,
+        chat_templates=_chat_templates(config, model_dir),
+        model="llama",
+        scores=parts.scores,
+        add_space_prefix=parts.add_space_prefix,
+        space_prefix_rule=parts.prefix_rule,
+    )
+
+
+def _config_added_tokens(config: dict[str, Any], model_dir: Path) -> list[dict[str, Any]]:
+    """Added tokens of a folder without tokenizer.json: tokenizer_config's added_tokens_decoder,
+    then added_tokens.json (content -> id, not special)."""
+    found: dict[int, dict[str, Any]] = {}
+    decoder = config.get("added_tokens_decoder") or {}
+    if isinstance(decoder, dict):
+        for key, value in decoder.items():
+            if isinstance(value, dict) and str(key).isdigit() and "content" in value:
+                found[int(key)] = {**value, "id": int(key)}
+    extra = _read_json(model_dir / "added_tokens.json", required=False)
+    for content, token_id in extra.items():
+        if isinstance(token_id, int) and token_id not in found:
+            found[token_id] = {"id": token_id, "content": content, "special": False}
+    return [found[i] for i in sorted(found)]
 
 
 def _read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
@@ -158,7 +219,11 @@ def _build(
     model = data.get("model") or {}
     _check_bpe_model(model)
     pre = match_pre_type(data)
-    tokens, types = _tokens(model, data.get("added_tokens") or [], n_vocab=n_vocab)
+    tokens, types, replaced = _tokens(model, data.get("added_tokens") or [], n_vocab=n_vocab)
+    merges = _merges(model.get("merges") or [])
+    size = 1 + max(i for i, kind in enumerate(types) if kind != UNUSED)
+    holes = [i for i in range(size) if types[i] == UNUSED]
+    check_merges(merges, tokens, replaced=replaced, holes=holes)
     ids = _SpecialIds(model.get("vocab") or {}, data.get("added_tokens") or [])
     special: dict[str, int | None] = {}
     for name in _SPECIAL_NAMES:
@@ -186,7 +251,7 @@ def _build(
         pre=pre.name,
         tokens=tokens,
         token_types=types,
-        merges=_merges(model.get("merges") or []),
+        merges=merges,
         bos_id=special["bos"],
         eos_id=special["eos"],
         unk_id=special["unk"],
@@ -223,16 +288,28 @@ def _check_bpe_model(model: dict[str, Any]) -> None:
 
 def _tokens(
     model: dict[str, Any], added: list[dict[str, Any]], *, n_vocab: int
-) -> tuple[tuple[str, ...], tuple[int, ...]]:
+) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, tuple[int, str]]]:
+    """Tokens and types in id order (padded to ``n_vocab``), and the vocab texts whose ids an
+    added token took (text -> (id, added token))."""
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise TokenizerError("tokenizer.json BPE model has no vocab")
-    by_id: dict[int, tuple[str, int]] = {int(i): (text, NORMAL) for text, i in vocab.items()}
+    by_id = {i: (text, NORMAL) for i, text in vocab_by_id(vocab).items()}
+    replaced: dict[str, tuple[int, str]] = {}  # vocab text -> (its id, the added token there)
     for token in added:
         # The raw content, not its byte-level spelling: llama.cpp finds control and user-defined
         # tokens by searching the input text for it, as tokenizers does.
         kind = CONTROL if token.get("special") else USER_DEFINED
-        by_id[int(token["id"])] = (str(token["content"]), kind)
+        content = token.get("content")
+        if not isinstance(content, str):
+            raise TokenizerError(
+                f"tokenizer.json added token {shown(token.get('id'))} has content "
+                f"{shown(content)}, expected a string; fix the tokenizer"
+            )
+        i = checked_id(token.get("id"), f"added token {shown(content)}")
+        if i in by_id and by_id[i][0] != content:
+            replaced[by_id[i][0]] = (i, content)
+        by_id[i] = (content, kind)
         if token.get("lstrip") or token.get("rstrip") or token.get("single_word"):
             logger.warning(
                 "added token %r strips whitespace or matches single words only; llama.cpp "
@@ -240,8 +317,6 @@ def _tokens(
                 token["content"],
             )
     size = max(by_id) + 1
-    if min(by_id) < 0:
-        raise TokenizerError(f"tokenizer.json has a negative token id {min(by_id)}")
     if n_vocab < size:
         raise TokenizerError(
             f"config.json vocab_size is {n_vocab} but the tokenizer has ids up to {size - 1} "
@@ -253,6 +328,7 @@ def _tokens(
         text, kind = by_id.get(i, (f"[PAD{i}]", UNUSED))
         tokens.append(text)
         types.append(kind)
+    check_texts(tokens)
     seen: dict[str, int] = {}
     for i, text in enumerate(tokens):
         if text in seen:
@@ -263,7 +339,7 @@ def _tokens(
         seen[text] = i
     if size < n_vocab:
         logger.info("padding the vocab from %d to %d tokens (config vocab_size)", size, n_vocab)
-    return tuple(tokens), tuple(types)
+    return tuple(tokens), tuple(types), replaced
 
 
 def _merges(merges: Sequence[Any]) -> tuple[str, ...]:
@@ -271,14 +347,14 @@ def _merges(merges: Sequence[Any]) -> tuple[str, ...]:
     for rank, merge in enumerate(merges):
         if isinstance(merge, str):
             parts = merge.split(" ")
-        elif isinstance(merge, list | tuple):
-            parts = [str(p) for p in merge]
+        elif isinstance(merge, list | tuple) and all(isinstance(p, str) for p in merge):
+            parts = list(merge)
         else:
             parts = []
-        if len(parts) != 2 or not all(parts):
+        if len(parts) != 2 or not all(parts) or any(" " in p for p in parts):
             raise TokenizerError(
-                f"tokenizer.json merge #{rank} {merge!r} is not a pair of non-empty tokens "
-                "without spaces"
+                f"tokenizer.json merge #{rank} {shown(merge)} is not a pair of non-empty tokens "
+                "without spaces; fix the tokenizer"
             )
         out.append(f"{parts[0]} {parts[1]}")
     return tuple(out)

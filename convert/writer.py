@@ -8,6 +8,7 @@ tensor's data ourselves in bounded chunks. Peak memory is then one chunk, not on
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,10 @@ def _rows(plan: TensorPlan, source: TensorSource, start: int, stop: int) -> np.n
         return np.asarray(plan.const[start:stop], dtype=np.float32)
     assert plan.source is not None
     index: slice | np.ndarray = slice(start, stop) if plan.rows is None else plan.rows[start:stop]
-    return source.read_rows(plan.source, index)
+    rows = source.read_rows(plan.source, index)
+    if plan.offset:
+        rows += np.float32(plan.offset)
+    return rows
 
 
 def write_gguf(
@@ -100,7 +104,10 @@ def write_gguf(
         planned.append(_Planned(plan, qtype, _nbytes(plan.shape, qtype)))
 
     writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
-    _write_metadata(writer, metadata, file_type)
+    tokens = getattr(vocab, "tokens", None)
+    _write_metadata(
+        writer, dict(metadata, name=_safe_name(metadata.get("name"), tokens)), file_type
+    )
     spec.write_hparams(writer)
     vocab.write(writer)
     for p in planned:
@@ -146,6 +153,20 @@ def write_gguf(
     finally:
         writer.close()
     logger.info("wrote %s: %d tensors, %.1f MB", path, len(planned), total / 1e6)
+
+
+def _safe_name(name: object, tokens: Sequence[str] | None) -> str:
+    """The model's name, changed where llama.cpp would look up tokens this vocabulary lacks."""
+    from edge_stack.formats.gguf._vocab import NAME_TOKEN_RULES
+
+    text = str(name or "model")
+    have = set(tokens or ())
+    for parts, needed in NAME_TOKEN_RULES:
+        if any(p in text.lower() for p in parts) and not all(t.decode() in have for t in needed):
+            for part in parts:
+                text = re.sub(re.escape(part), part.replace("3", "_3"), text, flags=re.IGNORECASE)
+            logger.info("named the model %r: llama.cpp treats Phi-3 names specially", text)
+    return text
 
 
 def _write_metadata(writer: gguf.GGUFWriter, metadata: Mapping[str, Any], file_type: int) -> None:

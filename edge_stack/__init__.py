@@ -27,9 +27,53 @@ from .errors import (
     UnsupportedArchitecture,
     VerificationFailed,
 )
-from .manifest import StackSpec, StageSpec, load_manifest
-from .pipeline._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
-from .pipeline._stack import Stack
+
+# typing.TYPE_CHECKING without importing typing (a few ms before the command's signal handlers)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .manifest import StackSpec, StageSpec, load_manifest
+    from .pipeline._events import (
+        Answer,
+        Done,
+        Event,
+        StageFinished,
+        StageStarted,
+        StageTrace,
+        Token,
+    )
+    from .pipeline._stack import Stack
+
+# Imported on first use (PEP 562), so that `import edge_stack` is light: the `edgestack` command
+# installs its signal handlers (edge_stack._entry) before anything heavier is imported.
+_LAZY = {
+    "StackSpec": "manifest",
+    "StageSpec": "manifest",
+    "load_manifest": "manifest",
+    "Answer": "pipeline._events",
+    "Done": "pipeline._events",
+    "Event": "pipeline._events",
+    "StageFinished": "pipeline._events",
+    "StageStarted": "pipeline._events",
+    "StageTrace": "pipeline._events",
+    "Token": "pipeline._events",
+    "Stack": "pipeline._stack",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_stack' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AdapterError",

@@ -1,3 +1,3 @@
-from edge_stack.cli import main
+from edge_stack._entry import main
 
 main()

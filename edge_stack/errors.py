@@ -85,6 +85,12 @@ class QuantizeError(EngineError):
     """llama.cpp could not quantize a file."""
 
 
+class RemoteEngineError(EngineError, ConnectionError):
+    """A stage's server (llama-server, vLLM, Ollama, edgestack serve, ...) could not be reached,
+    failed, or answered something that is not a valid answer; the message names the stage and
+    the URL."""
+
+
 class VerificationFailed(EdgeStackError, AssertionError):
     """A converted model disagrees with its reference beyond the allowed thresholds."""
 
@@ -100,6 +106,11 @@ class Cancelled(EdgeStackError):
 
 class RunLogError(EdgeStackError, OSError):
     """The local run log cannot be read: damaged (not SQLite, malformed) or locked too long."""
+
+
+class StoreError(EdgeStackError, OSError):
+    """The stack store cannot do what was asked: a damaged or stale entry, a stack that cannot
+    be removed (bundled), a Hub repository that is not a stack, unpinned files."""
 
 
 # --- serving -----------------------------------------------------------------------------------

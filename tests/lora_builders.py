@@ -33,14 +33,19 @@ TARGETS: dict[str, list[str]] = {
         "lm_head",
     ],
 }
-TARGETS["qwen2"] = TARGETS["llama"]
+TARGETS["phi3"] = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]
+TARGETS["qwen2"] = TARGETS["mistral"] = TARGETS["llama"]
+# tied embeddings: a LoRA on lm_head would change the input embedding too (refused)
+TARGETS["qwen3"] = TARGETS["gemma3"] = [t for t in TARGETS["llama"] if t != "lm_head"]
 
 # Regex target_modules (the other form PEFT accepts): attention only.
 REGEX_TARGETS = {
     "gptneox": r".*\.attention\.(query_key_value|dense)",
     "llama": r".*\.self_attn\.(q|k|v|o)_proj",
 }
-REGEX_TARGETS["qwen2"] = REGEX_TARGETS["llama"]
+REGEX_TARGETS["phi3"] = r".*\.self_attn\.(qkv|o)_proj"
+for _arch in ("qwen2", "mistral", "qwen3", "gemma3"):
+    REGEX_TARGETS[_arch] = REGEX_TARGETS["llama"]
 
 # Per-module rank and alpha (PEFT patterns: regex on the module name or a dotted suffix of it).
 PATTERNS: dict[str, tuple[dict[str, int], dict[str, float]]] = {
@@ -53,7 +58,12 @@ PATTERNS: dict[str, tuple[dict[str, int], dict[str, float]]] = {
         {"up_proj": 4, r"layers\.1\.self_attn\..*": 32, "lm_head": 3},
     ),
 }
-PATTERNS["qwen2"] = PATTERNS["llama"]
+PATTERNS["phi3"] = (
+    {"layers.0.self_attn.qkv_proj": 4, "down_proj": 2},
+    {"gate_up_proj": 4, r"layers\.1\.self_attn\..*": 32, "lm_head": 3},
+)
+for _arch in ("qwen2", "mistral", "qwen3", "gemma3"):
+    PATTERNS[_arch] = PATTERNS["llama"]
 
 #: adapter kinds the tests cover
 KINDS = ("plain", "rslora", "patterns", "regex")
@@ -123,12 +133,14 @@ def build_adapter(
     return BuiltAdapter(out_dir, unmerged, merged, base)
 
 
-def build_adapter_on(model: Any, out_dir: Path, config: Any, *, seed: int = 1) -> Path:
+def build_adapter_on(
+    model: Any, out_dir: Path, config: Any, *, seed: int = 1, std: float = 0.08
+) -> Path:
     """Save a random adapter for an in-memory ``model`` (a base of some other shape)."""
     from peft import get_peft_model
 
     peft_model = get_peft_model(model, config)
-    randomize_lora(peft_model, seed=seed)
+    randomize_lora(peft_model, seed=seed, std=std)
     peft_model.save_pretrained(out_dir)
     return out_dir
 

@@ -29,6 +29,41 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama-tied-mha": ("llama", "smollm", {"tie_word_embeddings": True, "num_key_value_heads": 4}),
     "qwen2": ("qwen2", "qwen2", {}),
     "qwen2-tied": ("qwen2", "qwen2", {"tie_word_embeddings": True}),
+    # Llama 2 / TinyLlama: SentencePiece tokenizer (tokenizer.json, or tokenizer.model alone)
+    "llama-spm": ("llama", "spm-llama", {}),
+    "llama-spm-model": ("llama", "spm-llama:model", {"num_key_value_heads": 4}),
+    "mistral": ("mistral", "spm-llama", {"sliding_window": 4096}),
+    # head_dim 32 with 4 heads: attention is wider than the hidden size, as in Qwen3
+    "qwen3": ("qwen3", "qwen2", {"head_dim": 32, "tie_word_embeddings": True}),
+    # a 4-token sliding window on layer 0, so the window is exercised on short texts
+    "gemma3": (
+        "gemma3",
+        "spm-gemma",
+        {
+            "head_dim": 32,
+            "query_pre_attn_scalar": 32,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+    ),
+    "phi3": ("phi3", "spm-phi3", {}),
+    # Phi-4-mini's shape: partial rotary, tied embeddings, LongRoPE factors, GQA
+    "phi3-longrope": (
+        "phi3",
+        "gpt2",
+        {
+            "partial_rotary_factor": 0.5,
+            "tie_word_embeddings": True,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "original_max_position_embeddings": 256,
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": [1.0, 1.3, 2.0, 3.1],
+                "long_factor": [1.0, 2.2, 4.0, 7.0],
+            },
+        },
+    ),
 }
 
 SMALL = {
@@ -40,7 +75,15 @@ SMALL = {
 
 
 def _config(arch: str, n_vocab: int, overrides: dict[str, Any]) -> Any:
-    from transformers import GPTNeoXConfig, LlamaConfig, Qwen2Config
+    from transformers import (
+        Gemma3TextConfig,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     if arch == "gptneox":
         rotary_pct = overrides.pop("rotary_pct", 0.25)
@@ -54,9 +97,18 @@ def _config(arch: str, n_vocab: int, overrides: dict[str, Any]) -> Any:
         return cfg
     base = {"vocab_size": n_vocab, "intermediate_size": 128, "num_key_value_heads": 2} | SMALL
     base.update(overrides)
-    if arch == "llama":
-        return LlamaConfig(**base)
-    return Qwen2Config(**base)
+    if arch == "phi3":
+        base.setdefault("pad_token_id", None)
+        base.setdefault("num_key_value_heads", 4)
+    classes = {
+        "llama": LlamaConfig,
+        "mistral": MistralConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "gemma3": Gemma3TextConfig,
+        "phi3": Phi3Config,
+    }
+    return classes[arch](**base)
 
 
 def build_model(
@@ -76,7 +128,13 @@ def build_model(
 
     arch, tok_kind, overrides = VARIANTS[variant]
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(tok_kind, out_dir)
+    if tok_kind.startswith("spm-"):
+        from spm_builders import build_spm_tokenizer
+
+        kind, _, form = tok_kind.removeprefix("spm-").partition(":")
+        build_spm_tokenizer(kind, out_dir, form=form or "json")
+    else:
+        build_tokenizer(tok_kind, out_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out_dir)

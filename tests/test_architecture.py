@@ -31,10 +31,13 @@ RUNTIME_BELOW_CLI = {
     "version",
 }
 ALLOWED: dict[str, set[str]] = {
-    "cli": RUNTIME_BELOW_CLI | {"root", "serve", "convert", "builder"},
-    "serve": RUNTIME_BELOW_CLI | {"root"},
+    "cli": RUNTIME_BELOW_CLI | {"root", "serve", "store", "deploy", "convert", "builder"},
+    "serve": RUNTIME_BELOW_CLI | {"root", "store"},
+    "store": {"pipeline", "engines", "manifest", "formats", "util", "errors", "version"},
     "root": {"pipeline", "manifest", "errors", "version"},
     "tools": {"pipeline", "engines", "manifest", "formats", "util", "errors", "version"},
+    # `edgestack export`: reads built stacks and their recipes (builder), writes deployments
+    "deploy": {"engines", "manifest", "formats", "util", "errors", "version", "builder"},
     "pipeline": {"engines", "manifest", "formats", "util", "errors", "version"},
     "engines": {"manifest", "formats", "util", "errors", "version"},
     "manifest": {"formats", "util", "errors"},
@@ -42,7 +45,9 @@ ALLOWED: dict[str, set[str]] = {
     "util": {"errors", "version"},
     "errors": set(),
     "version": set(),
-    "main": {"cli"},
+    "main": {"cli", "entry"},
+    # the console entry point: signal handlers (util) before the CLI is imported
+    "entry": {"cli", "util"},
     "models": set(),
     "convert": {"engines", "formats", "util", "errors", "version"},
     "builder": RUNTIME_BELOW_CLI | {"convert"},
@@ -59,6 +64,7 @@ def layer(module: str) -> str:
         "_version": "version",
         "manifest": "manifest",
         "__main__": "main",
+        "_entry": "entry",
     }.get(second, second)
 
 

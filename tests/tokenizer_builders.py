@@ -20,6 +20,7 @@ Kinds:
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -274,3 +275,76 @@ _BUILDERS: dict[str, Callable[[int], tuple[Any, dict[str, Any]]]] = {
     "llama3": _llama3,
     "qwen2": _qwen2,
 }
+
+
+# --- llama.cpp over a vocabulary alone (the tokenizer tests' reference side) ---
+
+
+def write_vocab_gguf(vocab: Any, path: Path) -> Path:
+    """A header-only GGUF (llama architecture, no tensors) that llama.cpp loads with vocab_only."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer.add_context_length(256)
+    writer.add_embedding_length(32)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(64)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(vocab.tokens))
+    vocab.write(writer)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+class LlamaVocab:
+    """llama.cpp's tokenizer over a vocab-only GGUF, through the low-level API."""
+
+    def __init__(self, path: Path) -> None:
+        # edgestack's own loader: backend initialised once, llama.cpp's log routed (or dropped)
+        # through the one process-wide callback the runtime uses.
+        from edge_stack.engines.llama._lib import lib
+
+        self._lib = llama_cpp = lib()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        assert self.model, f"llama.cpp could not load {path}"
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        out = (self._lib.llama_token * size)()
+        n = self._lib.llama_tokenize(
+            self.vocab, data, len(data), out, size, add_special, parse_special
+        )
+        assert n >= 0, f"llama_tokenize failed ({n})"
+        return list(out[:n])
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        pieces = []
+        for token in tokens:
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            assert n >= 0
+            pieces.append(buf.raw[:n])
+        return b"".join(pieces)
+
+    def attr(self, token: int) -> int:
+        return int(self._lib.llama_vocab_get_attr(self.vocab, token))
+
+    def chat_template(self, name: str | None = None) -> str | None:
+        raw = self._lib.llama_model_chat_template(self.model, name.encode() if name else None)
+        return raw.decode() if raw else None
+
+    def close(self) -> None:
+        if self.model:
+            self._lib.llama_model_free(self.model)
+            self.model = None

@@ -103,6 +103,8 @@ class TensorPlan:
     source: str | None = None
     rows: np.ndarray | None = None
     const: np.ndarray | None = field(default=None, compare=False)
+    #: added to every value (Gemma's norms store w where llama.cpp multiplies by 1 + w)
+    offset: float = 0.0
 
 
 class ArchSpec:
@@ -155,6 +157,10 @@ class ArchSpec:
         """Tensors llama.cpp needs that the checkpoint does not hold (zero biases, rope factors...)."""
         return []
 
+    def value_offset(self, hf_name: str) -> float:
+        """A constant added to every value of a tensor (0 for all but Gemma's norms)."""
+        return 0.0
+
     # --- shared --------------------------------------------------------------------------------
 
     def gguf_name(self, hf_name: str) -> str | None:
@@ -169,6 +175,15 @@ class ArchSpec:
             )
         return found[1]
 
+    def gguf_name_or_none(self, hf_name: str) -> str | None:
+        """The GGUF tensor name for a module weight, or None (also for names without the
+        checkpoint's outer ``model.`` prefix, as adapters trained on the bare model have)."""
+        for name in (hf_name, f"model.{hf_name}"):
+            found = self._name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+            if found is not None:
+                return found[1]
+        return None
+
     def plan(self, shape_of: Mapping[str, tuple[int, ...]]) -> list[TensorPlan]:
         """Every tensor to write, in file order."""
         plans: list[TensorPlan] = []
@@ -180,7 +195,13 @@ class ArchSpec:
         # Shapes first: a config that disagrees with the weights is the clearest message.
         self._check_shapes(plans)
         return [
-            p if p.source is None else replace(p, rows=self.row_permutation(p.source, p.shape[0]))
+            p
+            if p.source is None
+            else replace(
+                p,
+                rows=self.row_permutation(p.source, p.shape[0]),
+                offset=self.value_offset(p.source),
+            )
             for p in plans
         ]
 

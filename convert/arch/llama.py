@@ -1,7 +1,9 @@
-"""Llama (SmolLM2, Llama 3.x, TinyLlama) and Qwen2: RMSNorm, SwiGLU, grouped-query attention."""
+"""Llama (SmolLM2, Llama 2/3.x, TinyLlama), Mistral and Qwen2: RMSNorm, SwiGLU, grouped-query
+attention."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +14,8 @@ import numpy as np
 from edge_stack.errors import CheckpointError
 
 from ._base import ArchSpec, Config, HParams, TensorPlan
+
+logger = logging.getLogger(__name__)
 
 _SUPPORTED_ROPE = ("default", "linear", "llama3")
 
@@ -101,6 +105,30 @@ class Llama(ArchSpec):
             shapes[f"blk.{i}.attn_output.weight"] = (h.n_embd, h.n_head * h.head_dim)
             shapes[f"blk.{i}.ffn_gate.weight"] = (h.n_ff, h.n_embd)
         return shapes
+
+
+class Mistral(Llama):
+    """Mistral 7B and its derivatives: llama.cpp runs them as llama.
+
+    llama.cpp's llama graph has no sliding-window attention (llama.cpp's own converter writes
+    Mistral as llama without it), so a ``sliding_window`` is only reported: positions further
+    apart than the window attend to each other in llama.cpp, not in transformers.
+    """
+
+    model_types = ("mistral",)
+
+    def read_hparams(self, config: Config) -> HParams:
+        hparams = super().read_hparams(config)
+        window = config.get("sliding_window")
+        if isinstance(window, int) and 0 < window < hparams.n_ctx:
+            logger.warning(
+                "%s: sliding_window %d is not kept (llama.cpp's llama has none): contexts longer "
+                "than %d tokens attend further back than in transformers",
+                config.where,
+                window,
+                window,
+            )
+        return hparams
 
 
 class Qwen2(Llama):

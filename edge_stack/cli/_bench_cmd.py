@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._app import app
+from ._app import StackOpt, app
 
 
 @app.command()
 def bench(
-    stack: Annotated[
-        Path | None,
-        typer.Option(
-            "--stack",
-            "-s",
-            help="stack.toml or stack folder (default: $EDGESTACK_STACK, then the bundled stack).",
-        ),
-    ] = None,
+    stack: StackOpt = None,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Times to load and ask.")] = 3,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads for llama.cpp.")
@@ -40,6 +32,8 @@ def bench(
       edgestack bench
 
       edgestack bench --stack ./my-stack --runs 5 --json
+
+      edgestack bench --stack owner/name --threads 4
     """
     from ..tools._bench import DEFAULT_QUESTION, format_bench, run_bench
     from ..util._paths import find_stack

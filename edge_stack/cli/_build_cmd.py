@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..util._units import format_bytes
 from ._app import app
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def build(
     path = run_build(recipe, output, force=force, progress=display, threads=threads)
     files = []
     for name, event in display.events.items():
-        file = path.parent / name
+        file = event.file or path.parent / name  # a pip:// or hf:// base is not in the folder
         files.append(
             {
                 "file": name,
@@ -89,5 +90,5 @@ def build(
         typer.echo(json.dumps({"stack": str(path), "files": files}))
         return
     for item in files:
-        typer.echo(f"{item['file']}\t{item['status']}\t{int(item['bytes']) / 1e6:.2f} MB")
+        typer.echo(f"{item['file']}\t{item['status']}\t{format_bytes(int(item['bytes']))}")
     typer.echo(str(path))

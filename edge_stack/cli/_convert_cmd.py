@@ -48,25 +48,37 @@ def convert(
       edgestack convert ./base -o stage.gguf --merge-lora ./adapters/extract --verify
     """
     from edge_stack.convert import convert_checkpoint
+    from edge_stack.util._atomic import atomic_output
 
-    with progress_bar("converting") as progress:
-        path = convert_checkpoint(
-            model,
-            output,
-            outtype=outtype,
-            force=force,
-            merge_lora=merge_lora or (),
-            lora_scale=lora_scale,
-            progress=progress,
-        )
+    def run(target: Path, *, replace: bool) -> Path:
+        with progress_bar("converting") as progress:
+            return convert_checkpoint(
+                model,
+                target,
+                outtype=outtype,
+                force=replace,
+                merge_lora=merge_lora or (),
+                lora_scale=lora_scale,
+                progress=progress,
+            )
+
     if verify:
-        _verify_against_checkpoint(path, model, merge_lora or (), lora_scale)
+        # Verified before it takes OUTPUT's place: a file that fails is never left there, and an
+        # existing OUTPUT (with --force) stays as it was.
+        with atomic_output(output, force=force) as tmp:
+            run(tmp, replace=True)
+            _verify_against_checkpoint(tmp, output, model, merge_lora or (), lora_scale)
+        path = output
+    else:
+        path = run(output, replace=force)
     size = path.stat().st_size
-    typer.echo(f"{path}\t{outtype}\t{size / 1e6:.1f} MB")
+    from ..util._units import format_bytes
+
+    typer.echo(f"{path}\t{outtype}\t{format_bytes(size)}")
 
 
 def _verify_against_checkpoint(
-    path: Path, model: str, merge_lora: Sequence[str], lora_scale: float
+    path: Path, output: Path, model: str, merge_lora: Sequence[str], lora_scale: float
 ) -> None:
     """Compare the output with its source: the checkpoint through transformers, or, with LoRA
     merged in (which transformers alone cannot apply), an f32 conversion with the same merge."""
@@ -94,4 +106,7 @@ def _verify_against_checkpoint(
             report = run_verify(path, reference)
     typer.echo(report.summary(), err=True)
     if not report.passed:
-        raise VerificationFailed(f"{path} disagrees with {source}: {report.summary()}")
+        raise VerificationFailed(
+            f"{output} disagrees with {source}: {report.summary()}; it was not written. Check "
+            "the checkpoint, or try a finer --outtype"
+        )

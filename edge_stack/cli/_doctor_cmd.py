@@ -15,7 +15,9 @@ def _line(label: str, value: object) -> None:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    from ..util._units import format_bytes
+
+    return format_bytes(n)
 
 
 def _print(rep: dict[str, Any]) -> None:
@@ -50,6 +52,9 @@ def _print(rep: dict[str, Any]) -> None:
     _line("run log", f"{log['status']} ({_mb(log['bytes'])}{runs})")
     cache = rep["prompt_cache"]
     _line("prompt cache", f"{cache['files']} files, {_mb(cache['bytes'])}")
+    if "stacks" in rep:
+        st = rep["stacks"]
+        _line("stacks", f"{st['bundled']} bundled, {st['pulled']} pulled (store: {st['store']})")
     left = rep["leftover_temp_files"]
     _line(
         "leftover temp files", f"{len(left)} (edgestack doctor --fix removes them)" if left else 0

@@ -91,6 +91,48 @@ def read_batch_file(path: Path) -> list[str]:
     return questions
 
 
+def read_stdin_question(stdin: TextIO) -> str:
+    """The question ``ask -`` (or ``ask`` with a pipe or file on stdin) reads: all of standard
+    input as one question (a question may span lines), surrounding whitespace stripped; at most
+    MAX_QUESTION_BYTES of UTF-8, read with that bound. Empty: ``""`` (the caller's usage
+    error)."""
+    name = "the question from standard input"
+    buffer: BinaryIO | None = getattr(stdin, "buffer", None)
+    try:
+        raw: bytes | str = (
+            buffer.read(MAX_QUESTION_BYTES + 1)
+            if buffer is not None
+            else stdin.read(MAX_QUESTION_BYTES + 1)
+        )
+    except OSError as exc:
+        raise BadArgument(
+            f"cannot read {name}: {exc}; pass the question as an argument instead"
+        ) from None
+    if isinstance(raw, str):
+        text = raw
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_QUESTION_BYTES:
+            raw = b"x" * (MAX_QUESTION_BYTES + 1)
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_QUESTION_BYTES:
+            raise BadArgument(
+                f"{name} is more than {MAX_QUESTION_BYTES} bytes (the limit for a question); "
+                "shorten it, or use --batch - for one question per line"
+            )
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadArgument(
+                f"{name} is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at byte offset "
+                f"{exc.start}); send UTF-8 text"
+            ) from None
+    if "\0" in text:
+        raise BadArgument(
+            f"{name} has a NUL byte at character {text.index(chr(0))}, so it is not text; "
+            "send the question as text"
+        )
+    return text.strip()
+
+
 def _read_bounded(stream: BinaryIO, name: str) -> bytes:
     """All of ``stream``, refusing more than MAX_BATCH_BYTES or a NUL byte as soon as seen."""
     chunks: list[bytes] = []
@@ -115,30 +157,57 @@ def chat_lines(stdin: TextIO) -> Iterator[str | BadArgument]:
     """Each line of ``stdin`` (newline kept off), or a BadArgument for a line that is not UTF-8
     or longer than MAX_QUESTION_BYTES (the rest of that line is skipped); ends at end of input.
 
-    Reads bytes when ``stdin`` has them, so a bad byte costs one line, not the session.
+    Bounded as ``--batch`` is: more than MAX_BATCH_BYTES or MAX_BATCH_LINES in all, or a NUL
+    byte anywhere (the input is not text), *raises* BadArgument, which ends the chat; an
+    endless input such as /dev/zero costs one bounded read. Reads bytes when ``stdin`` has
+    them, so a bad byte costs one line, not the session.
     """
     buffer: BinaryIO | None = getattr(stdin, "buffer", None)
+    total = 0
+
+    def count(chunk: bytes | str, number: int) -> None:
+        nonlocal total
+        data = chunk if isinstance(chunk, bytes) else chunk.encode("utf-8", "surrogatepass")
+        if (nul := data.find(b"\0")) >= 0:
+            raise BadArgument(
+                f"standard input has a NUL byte (line {number}, byte offset {total + nul}), so "
+                "it is not text; send UTF-8 text, one question per line"
+            )
+        total += len(data)
+        if total > MAX_BATCH_BYTES:
+            raise BadArgument(
+                f"standard input is more than {MAX_BATCH_BYTES} bytes (chat's limit for a pipe "
+                "or file, as for --batch); split it into smaller inputs"
+            )
+
     number = 0
     while True:
         number += 1
-        if buffer is None:
-            text = stdin.readline(MAX_QUESTION_BYTES + 1)
-            if not text:
-                return
-            if len(text) > MAX_QUESTION_BYTES and not text.endswith("\n"):
-                while (more := stdin.readline(_CHUNK)) and not more.endswith("\n"):
-                    pass
-                yield _too_long(number)
-                continue
-            yield text.rstrip("\r\n")
-            continue
-        raw = buffer.readline(MAX_QUESTION_BYTES + 1)
+        raw: bytes | str = (
+            buffer.readline(MAX_QUESTION_BYTES + 1)
+            if buffer is not None
+            else stdin.readline(MAX_QUESTION_BYTES + 1)
+        )
         if not raw:
             return
-        if len(raw) > MAX_QUESTION_BYTES and not raw.endswith(b"\n"):
-            while (rest := buffer.readline(_CHUNK)) and not rest.endswith(b"\n"):
-                pass
+        if number > MAX_BATCH_LINES:
+            raise BadArgument(
+                f"standard input has more than {MAX_BATCH_LINES} lines (chat's limit for a pipe "
+                "or file, as for --batch); split it into smaller inputs"
+            )
+        count(raw, number)
+        if len(raw) > MAX_QUESTION_BYTES and not _ends_line(raw):
+            while True:  # skip the rest of the line, still within the bounds
+                rest = buffer.readline(_CHUNK) if buffer is not None else stdin.readline(_CHUNK)
+                if not rest:
+                    break
+                count(rest, number)
+                if _ends_line(rest):
+                    break
             yield _too_long(number)
+            continue
+        if isinstance(raw, str):
+            yield raw.rstrip("\r\n")
             continue
         try:
             yield raw.decode("utf-8").rstrip("\r\n")
@@ -148,6 +217,10 @@ def chat_lines(stdin: TextIO) -> Iterator[str | BadArgument]:
                 f"0x{raw[exc.start]:02X} at byte offset {exc.start} of the line); skipped it, "
                 "send UTF-8 text"
             )
+
+
+def _ends_line(chunk: bytes | str) -> bool:
+    return chunk.endswith("\n") if isinstance(chunk, str) else chunk.endswith(b"\n")
 
 
 def _too_long(number: int) -> BadArgument:

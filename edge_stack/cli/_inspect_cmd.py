@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..util._units import format_bytes
 from ._app import app
 
 if TYPE_CHECKING:
+    from ..errors import EdgeStackError
     from ..formats.gguf._summary import GGUFSummary
     from ..manifest import StackSpec
 
 _SHOWN_TENSORS = 40
+#: tokens llama.cpp evaluates per step in a stage's context (engines/llama/_context.py)
+N_UBATCH = 32
 
 
 def _mb(n: int | float) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return format_bytes(n)
 
 
 def _is_gguf(path: Path) -> bool:
@@ -67,6 +72,7 @@ def gguf_info(summary: GGUFSummary) -> dict[str, Any]:
             "has_chat_template": tok.has_chat_template,
         },
         "metadata": {k: _jsonable(v) for k, v in summary.metadata.items()},
+        "tensor_types": _type_mix(summary),
         "tensors": [
             {"name": t.name, "shape": list(t.shape), "type": t.type, "nbytes": t.nbytes}
             for t in summary.tensors
@@ -74,8 +80,16 @@ def gguf_info(summary: GGUFSummary) -> dict[str, Any]:
     }
 
 
-def _kv_bytes(summary: GGUFSummary, n_ctx: int) -> int | None:
-    """K and V caches in f16 for ``n_ctx`` tokens (llama.cpp's default cache type)."""
+def _type_mix(summary: GGUFSummary) -> dict[str, int]:
+    """Tensors per stored type, most first (a quantized file mixes several)."""
+    counts: dict[str, int] = {}
+    for t in summary.tensors:
+        counts[t.type] = counts.get(t.type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _kv_bytes(summary: GGUFSummary, n_ctx: int, kv_cache_type: str = "f16") -> int | None:
+    """K and V caches for ``n_ctx`` tokens in ``kv_cache_type`` (llama.cpp's default: f16)."""
     import gguf
 
     md, arch = summary.metadata, summary.arch
@@ -84,9 +98,101 @@ def _kv_bytes(summary: GGUFSummary, n_ctx: int) -> int | None:
         n_embd = int(md[gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)])  # type: ignore[call-overload]
         n_head = int(md[gguf.Keys.Attention.HEAD_COUNT.format(arch=arch)])  # type: ignore[call-overload]
         n_head_kv = int(md.get(gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch), n_head))  # type: ignore[call-overload]
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
     except (KeyError, TypeError, ValueError):
         return None
-    return 2 * n_layer * n_ctx * (n_embd * n_head_kv // max(n_head, 1)) * 2
+    return 2 * n_layer * n_ctx * (n_embd * n_head_kv // max(n_head, 1)) * size // block
+
+
+def _compute_bytes(summary: GGUFSummary, n_ctx: int) -> int | None:
+    """llama.cpp's compute buffer for one context, estimated as its largest intermediate
+    results for a micro-batch of N_UBATCH tokens (f32): the logits (n_vocab per token) and two
+    embedding-sized rows. For the bundled stack and a Pythia-160M stage this gives 163,840 and
+    6,635,520 bytes, what llama.cpp's log reports as "compute buffer size" (0.16, 6.33 MiB)."""
+    import gguf
+
+    md, arch = summary.metadata, summary.arch
+    try:
+        n_embd = int(md[gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)])  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError):
+        return None
+    n_vocab = summary.tokenizer.n_tokens if summary.tokenizer is not None else 0
+    return min(N_UBATCH, n_ctx) * (n_vocab + 2 * n_embd) * 4
+
+
+def _spellings(spec: StackSpec) -> dict[tuple[str, str], str]:
+    """(stage, "model" or "lora") -> the file as stack.toml names it (a pulled stack's files
+    are links into huggingface_hub's blobs, whose names are hashes)."""
+    from ..errors import EdgeStackError
+    from ..util._toml import read_toml
+
+    try:
+        data = read_toml(spec.path, "manifest")
+    except EdgeStackError:
+        return {}
+    defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
+    out: dict[tuple[str, str], str] = {}
+    for raw in data.get("stages") or []:
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            merged = {**(defaults or {}), **raw}
+            for key in ("model", "lora"):
+                if isinstance(merged.get(key), str):
+                    out[(raw["name"], key)] = merged[key]
+    return out
+
+
+#: what stack_info says of a file that is not there or not a file (anything else: "invalid: ...")
+_MISSING = "missing"
+_FOLDER = "a folder, not a GGUF file"
+_NOT_REGULAR = "not a regular file (a FIFO, socket or device), so it is not read"
+
+
+def _file_problem(path: Path) -> str:
+    """Why ``path`` cannot be a stage's file before reading it ("" if it is a regular file);
+    a FIFO is never opened (opening one blocks until someone writes to it)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        return f"invalid: cannot read {path}: {exc.strerror or type(exc).__name__}"
+    if stat.S_ISDIR(mode):
+        return _FOLDER
+    return "" if stat.S_ISREG(mode) else _NOT_REGULAR
+
+
+def files_error(info: dict[str, Any]) -> EdgeStackError | None:
+    """The one-line error for the first unusable file of a stack_info (None if none is):
+    it names the stack file, the stage and key, the file and what to do."""
+    from ..errors import GGUFFileError, ModelFileNotFound
+
+    problems = [f for f in info["files"] if "problem" in f]
+    if not problems:
+        return None
+    first = problems[0]
+    where = f"{info['path']}: stage '{first['stage']}', key '{first['key']}': "
+    more = (
+        f" ({len(problems) - 1} more of its files cannot be used either, listed in the output)"
+        if len(problems) > 1
+        else ""
+    )
+    problem, path = first["problem"], first["path"]
+    if problem == _MISSING:
+        return ModelFileNotFound(
+            f"{where}{path} does not exist; fix the path in the stack file or put the file "
+            f"there{more}"
+        )
+    if problem in (_FOLDER, _NOT_REGULAR):
+        what = (
+            "is a folder"
+            if problem == _FOLDER
+            else "is not a regular file (a FIFO, socket or device)"
+        )
+        return GGUFFileError(
+            f"{where}{path} {what}, but a .gguf file is expected; point '{first['key']}' at "
+            f"one{more}"
+        )
+    return GGUFFileError(f"{where}{problem.removeprefix('invalid: ')}{more}")
 
 
 def stack_info(spec: StackSpec) -> dict[str, Any]:
@@ -95,12 +201,13 @@ def stack_info(spec: StackSpec) -> dict[str, Any]:
     from ..formats.gguf._check import check_gguf
 
     summaries: dict[Path, GGUFSummary | str] = {}
+    first_use: dict[Path, tuple[str, str]] = {}  # file -> (stage, key) that names it first
 
-    def summary(path: Path, kind: str) -> GGUFSummary | str:
+    def summary(path: Path, kind: str, stage: str) -> GGUFSummary | str:
         if path not in summaries:
-            if not path.is_file():
-                summaries[path] = "missing"
-            else:
+            first_use[path] = (stage, "model" if kind == "model" else "lora")
+            summaries[path] = _file_problem(path)
+            if not summaries[path]:
                 try:
                     summaries[path] = check_gguf(path, kind=kind)  # type: ignore[arg-type]
                 except EdgeStackError as exc:
@@ -109,24 +216,38 @@ def stack_info(spec: StackSpec) -> dict[str, Any]:
 
     stages = []
     kv_total = 0
+    compute_total = 0
+    spelled = _spellings(spec)
     for stage in spec.stages:
-        model = summary(stage.model, "model")
+        model = summary(stage.model, "model", stage.name) if stage.model is not None else "remote"
         if stage.lora:
-            summary(stage.lora, "adapter")
-        kv = _kv_bytes(model, stage.n_ctx) if not isinstance(model, str) else None
+            summary(stage.lora, "adapter", stage.name)
+        remote = stage.remote is not None
+        kv = compute = None
+        # A stage without n_ctx is sized when it loads (edgestack plan shows it): no estimate.
+        if not remote and not isinstance(model, str) and not stage.n_ctx_auto:
+            kv = _kv_bytes(model, stage.n_ctx, stage.kv_cache_type)
+            compute = _compute_bytes(model, stage.n_ctx)
         kv_total += kv or 0
+        compute_total += compute or 0
         stages.append(
             {
                 "name": stage.name,
-                "model": str(stage.model),
+                "model": str(stage.model) if stage.model is not None else None,
+                "engine": stage.remote.engine if stage.remote else "local",
+                "url": stage.remote.url if stage.remote else None,
+                "remote_model": stage.remote.model if stage.remote else None,
                 "lora": str(stage.lora) if stage.lora else None,
+                "model_file": spelled.get((stage.name, "model")),
+                "lora_file": spelled.get((stage.name, "lora")),
                 "lora_scale": stage.lora_scale,
                 "prompt": stage.prompt,
                 "stop": list(stage.stop),
                 "max_tokens": stage.max_tokens,
                 "temperature": stage.temperature,
-                "n_ctx": stage.n_ctx,
+                "n_ctx": None if stage.n_ctx_auto else stage.n_ctx,
                 "kv_cache_bytes": kv,
+                "compute_bytes": compute,
             }
         )
     files = []
@@ -134,6 +255,7 @@ def stack_info(spec: StackSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": str(path)}
         if isinstance(s, str):
             entry["problem"] = s
+            entry["stage"], entry["key"] = first_use[path]
         else:
             entry.update(kind=s.kind, arch=s.arch, file_type=s.file_type, size_bytes=s.size_bytes)
         files.append(entry)
@@ -150,7 +272,8 @@ def stack_info(spec: StackSpec) -> dict[str, Any]:
             "model_bytes": weights,
             "adapter_bytes": adapters,
             "kv_cache_bytes": kv_total,
-            "estimated_total_bytes": weights + adapters + kv_total,
+            "compute_bytes": compute_total,
+            "estimated_total_bytes": weights + adapters + kv_total + compute_total,
         },
     }
 
@@ -165,6 +288,8 @@ def _print_gguf(info: dict[str, Any]) -> None:
     echo(f"  type         {info['file_type']}")
     echo(f"  parameters   {info['n_params']:,}")
     echo(f"  tensors      {info['n_tensors']} ({_mb(info['tensor_bytes'])})")
+    mix = ", ".join(f"{kind} x {n}" for kind, n in info["tensor_types"].items())
+    echo(f"  tensor types {mix}")
     if info["context_length"]:
         echo(f"  context      {info['context_length']}")
     if info["lora_alpha"] is not None:
@@ -196,10 +321,16 @@ def _print_stack(info: dict[str, Any]) -> None:
         echo(f"  {info['description']}")
     echo("stages:")
     for i, s in enumerate(info["stages"], 1):
-        lora = f" + {Path(s['lora']).name} (scale {s['lora_scale']})" if s["lora"] else ""
-        echo(f"  {i}. {s['name']}: {Path(s['model']).name}{lora}")
+        lora_name = s.get("lora_file") or (Path(s["lora"]).name if s["lora"] else "")
+        lora = f" + {lora_name} (scale {s['lora_scale']})" if s["lora"] else ""
+        if s["engine"] != "local":
+            vocab = f" (vocabulary: {Path(s['model']).name})" if s["model"] else ""
+            served = f" {s['remote_model']}" if s["remote_model"] else ""
+            echo(f"  {i}. {s['name']}: {s['engine']}{served} at {s['url']}{vocab}")
+        else:
+            echo(f"  {i}. {s['name']}: {s.get('model_file') or Path(s['model']).name}{lora}")
         echo(
-            f"     n_ctx {s['n_ctx']}, max_tokens {s['max_tokens']}, temperature "
+            f"     n_ctx {s['n_ctx'] or 'auto'}, max_tokens {s['max_tokens']}, temperature "
             f"{s['temperature']}, stop {json.dumps(s['stop'])}"
         )
         echo(f"     prompt {json.dumps(s['prompt'], ensure_ascii=False)}")
@@ -215,13 +346,41 @@ def _print_stack(info: dict[str, Any]) -> None:
     echo(
         f"estimated memory: {_mb(m['estimated_total_bytes'])} = models {_mb(m['model_bytes'])} "
         f"(memory-mapped, shared by stages) + adapters {_mb(m['adapter_bytes'])} + KV caches "
-        f"{_mb(m['kv_cache_bytes'])}; llama.cpp's compute buffers come on top"
+        f"{_mb(m['kv_cache_bytes'])} + compute buffers {_mb(m['compute_bytes'])}; the process "
+        "itself (Python, llama.cpp's code) comes on top: edgestack bench measures both"
     )
+
+
+def show_stack(path: Path, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """Print what ``inspect`` and ``show`` say about the stack at ``path``; ``extra`` (the
+    store's view) goes first. When one of its files is missing or unusable, then raise the
+    error for the first (one line on stderr, exit 1), after the full picture on stdout."""
+    from ..manifest import load_manifest
+
+    info = stack_info(load_manifest(path, check_files=False))
+    if extra:
+        info = {**extra, **info}
+    if as_json:
+        typer.echo(json.dumps(info, ensure_ascii=False, indent=2))
+    else:
+        for key, value in (extra or {}).items():
+            typer.echo(f"{key:<9}{value}")
+        _print_stack(info)
+    error = files_error(info)
+    if error is not None:
+        raise error
 
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A stack.toml, a stack folder, or a .gguf file.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A .gguf file, or a stack: its name (edgestack list) or a stack.toml or its "
+            "folder.",
+            show_default=False,
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the details as JSON.")] = False,
 ) -> None:
     """Show a stack (stages, files, sizes, estimated memory) or a GGUF file (architecture,
@@ -229,32 +388,24 @@ def inspect(
 
     Examples:
 
-      edgestack inspect models/word-problems/stack.toml
+      edgestack inspect word-problems
 
-      edgestack inspect base.Q8_0.gguf
+      edgestack inspect ./my-stack/stack.toml
+
+      edgestack inspect base.q8_0.gguf
 
       edgestack inspect extract.lora.gguf --json
     """
-    from ..errors import ModelFileNotFound
-    from ..manifest import load_manifest
+    from ..util._paths import checked_path, resolve_stack
 
-    if not path.exists():
-        raise ModelFileNotFound(
-            f"{path} does not exist; give a stack.toml, a stack folder or a .gguf"
-        )
+    path = checked_path(target, "inspect target", "TARGET")
     if path.is_file() and _is_gguf(path):
         from ..formats.gguf._check import check_gguf
 
         info = gguf_info(check_gguf(path, kind=None))
-        printer = _print_gguf
-        bad = False
-    else:
-        info = stack_info(load_manifest(path, check_files=False))
-        printer = _print_stack
-        bad = any("problem" in f for f in info["files"])
-    if as_json:
-        typer.echo(json.dumps(info, ensure_ascii=False, indent=2))
-    else:
-        printer(info)
-    if bad:
-        raise typer.Exit(1)
+        if as_json:
+            typer.echo(json.dumps(info, ensure_ascii=False, indent=2))
+        else:
+            _print_gguf(info)
+        return
+    show_stack(resolve_stack(target, "TARGET"), as_json)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..tools._runlog import MAX_RECENT
 from ._app import app
 
 
@@ -18,7 +19,16 @@ def _short(text: str, width: int) -> str:
 
 @app.command()
 def logs(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs to show.")] = 20,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=1,
+            max=MAX_RECENT,
+            help=f"How many runs to show, 1 to {MAX_RECENT:,}.",
+        ),
+    ] = 20,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON array (newest first) with every stage.")
     ] = False,
@@ -28,7 +38,10 @@ def logs(
 ) -> None:
     """Show the most recent asks from the local run log (newest first).
 
-    Every `edgestack ask` and `chat` answer is logged unless --no-log or EDGESTACK_NO_LOG=1.
+    Each run shows two times: wall, what you waited (for ask, from the command's start to the
+    answer, loading the stack included; "-" when not measured), and stages, what the stack's
+    stages took (prompt evaluation and generation). Every `edgestack ask` and `chat` answer is
+    logged unless --no-log or EDGESTACK_NO_LOG=1.
     A damaged log, or one another process keeps locked, is reported in one line (exit status 1);
     asks go on without logging until it is moved away or deleted.
 
@@ -41,6 +54,7 @@ def logs(
       edgestack logs --json | jq '.[0].stages'
     """
     from ..tools._runlog import RunLog
+    from ..util._units import format_seconds
 
     log = RunLog()
     runs = log.recent(limit)
@@ -52,12 +66,16 @@ def logs(
         return
     for run in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
-        typer.echo(f"#{run.id}  {when}  {run.stack}  {run.seconds:.2f}s")
+        wall = "-" if run.wall_seconds is None else format_seconds(run.wall_seconds)
+        typer.echo(
+            f"#{run.id}  {when}  {run.stack}  wall {wall}, stages {format_seconds(run.seconds)}"
+        )
         typer.echo(f"  Q: {_short(run.question, 100)}")
         if stages:
             for s in run.stages:
                 typer.echo(
                     f"    {s['name']}: {_short(str(s['output']), 80)}  "
-                    f"({s['prompt_tokens']}+{s['completion_tokens']} tokens, {s['seconds']:.3f}s)"
+                    f"({s['prompt_tokens']}+{s['completion_tokens']} tokens, "
+                    f"{format_seconds(float(s['seconds']))})"
                 )
         typer.echo(f"  A: {_short(run.answer, 100)}")

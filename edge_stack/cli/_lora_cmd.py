@@ -19,7 +19,10 @@ def export_lora(
     base: Annotated[
         str,
         typer.Option(
-            "--base", "-b", help="The Hugging Face checkpoint (folder or Hub id) it was trained on."
+            "--base",
+            "-b",
+            help="The Hugging Face checkpoint (folder or Hub id) it was trained on, or a GGUF "
+            "model of the same weights (arch, shapes and layout are read from it).",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="GGUF adapter file to write.")],
@@ -38,6 +41,8 @@ def export_lora(
       edgestack export-lora ./adapters/extract --base ./pythia-160m -o extract.lora.gguf
 
       edgestack export-lora me/pythia-extract-lora --base EleutherAI/pythia-160m -o x.gguf --outtype f16
+
+      edgestack export-lora ./adapters/extract --base SmolLM2-135M-Instruct.Q4_1.gguf -o x.lora.gguf
     """
     from edge_stack.convert.lora import export_lora as run_export
 
@@ -46,5 +51,7 @@ def export_lora(
     if as_json:
         typer.echo(json.dumps({"output": str(path), "outtype": outtype.lower(), "bytes": size}))
     else:
-        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+        from ..util._units import format_bytes
+
+        shown = format_bytes(size)
         typer.echo(f"{path}\t{outtype.lower()}\t{shown}")

@@ -12,7 +12,9 @@ from ._app import app
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    from ..util._units import format_bytes
+
+    return format_bytes(n)
 
 
 @app.command()
@@ -49,6 +51,7 @@ def quantize(
 
       edgestack quantize model.f32.gguf -o model.q8_0.gguf -t q8_0 --threads 2 --force
     """
+    from edge_stack.convert.quantize import fallbacks, tensor_type_mix
     from edge_stack.convert.quantize import quantize as run_quantize
 
     path = run_quantize(
@@ -67,6 +70,8 @@ def quantize(
             "bytes": after,
             "input": str(model),
             "input_bytes": before,
+            "tensor_types": tensor_type_mix(path),
+            "fallbacks": fallbacks(path, qtype),
         }
         typer.echo(json.dumps(record))
     else:

@@ -82,9 +82,8 @@ def serve(
       "messages": [{"role": "user", "content": "What is 15 plus 28?"}]}'
     """
     from ..serve import ServeConfig, Server, check_exposure, parse_keep_alive, resolve_stacks
-    from ..util._limits import check_threads
-
     from ..util._env import settings
+    from ..util._limits import check_threads
 
     api_key = api_key or settings().api_key
     check_exposure(host, api_key, insecure_no_api_key)

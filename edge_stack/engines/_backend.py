@@ -28,6 +28,8 @@ class GenerationParams:
     seed: int | None
     stop: tuple[str, ...]
     grammar: str | None
+    #: most tokens prompt-lookup drafting may check per step (0: off); local engines only
+    draft: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Chunk:
 
     text: str
     n_tokens: int = 1
+    #: batched generation only: seconds this prompt's whole output took (None: not measured)
+    seconds: float | None = None
 
 
 class StageRunner(Protocol):

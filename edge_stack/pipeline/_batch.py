@@ -17,6 +17,7 @@ from ..engines._backend import Chunk, GenerationParams, StageRunner
 from ..errors import BadArgument, Cancelled, ContextOverflowError
 from ..formats._template import render
 from ..manifest import StackSpec
+from ..util._paths import edit_hint
 from ._events import Answer, StageTrace
 
 
@@ -53,7 +54,6 @@ def ask_batch(
     for q in questions:
         if not isinstance(q, str):
             raise TypeError(f"every question must be a str, got {type(q).__name__}")
-    start = time.perf_counter()
     values: list[dict[str, str]] = [{"question": q} for q in questions]
     traces: list[list[StageTrace]] = [[] for _ in questions]
     if not questions:
@@ -65,7 +65,6 @@ def ask_batch(
         with stack._hold(stage.name):
             if cancel.is_set():
                 raise Cancelled(f"stack {stack.name}: cancelled before stage {stage.name}")
-            stage_start = time.perf_counter()
             runner = stack.runner(stage.name)
             prompts = [runner.tokenize(r) for r in rendered]
             for tokens in prompts:
@@ -74,12 +73,12 @@ def ask_batch(
                         f"stack {stack.name} ({spec.path}), stage {stage.name}: a prompt is "
                         f"{len(tokens)} tokens and max_tokens is {params.max_tokens}, "
                         f"{len(tokens) + params.max_tokens} in all, but n_ctx is {runner.n_ctx}; "
-                        "raise n_ctx or lower max_tokens in stack.toml, or shorten the input"
+                        "shorten the question or lower max_tokens (--max-tokens), or raise "
+                        f"n_ctx: {edit_hint(spec.path, 'n_ctx')}"
                     )
-            chunks = _generate(runner, prompts, params, cancel, batch_size)
+            chunks, times = _generate(runner, prompts, params, cancel, batch_size)
             if cancel.is_set():
                 raise Cancelled(f"stack {stack.name}: cancelled during stage {stage.name}")
-            seconds = time.perf_counter() - stage_start
         for i, chunk in enumerate(chunks):
             output = chunk.text.strip()
             traces[i].append(
@@ -89,13 +88,19 @@ def ask_batch(
                     output=output,
                     prompt_tokens=len(prompts[i]),
                     completion_tokens=chunk.n_tokens,
-                    seconds=seconds,
+                    seconds=times[i],
                 )
             )
             values[i][stage.name] = output
-    total = time.perf_counter() - start
+    # Each answer's own time: the decode calls its stages were part of, not the whole batch's.
     return [
-        Answer(text=t[-1].output, stages=tuple(t), stack=stack.name, question=q, seconds=total)
+        Answer(
+            text=t[-1].output,
+            stages=tuple(t),
+            stack=stack.name,
+            question=q,
+            seconds=sum(s.seconds for s in t),
+        )
         for q, t in zip(questions, traces, strict=True)
     ]
 
@@ -106,17 +111,31 @@ def _generate(
     params: GenerationParams,
     cancel: threading.Event,
     batch_size: int,
-) -> list[Chunk]:
+) -> tuple[list[Chunk], list[float]]:
+    """Each prompt's chunk and its seconds: from the start of the decode call that produced it
+    (``batch_size`` prompts together) until its own output was complete."""
     batched = getattr(runner, "generate_batch", None)
+    chunks: list[Chunk] = []
+    times: list[float] = []
     if batched is not None:
-        result: list[Chunk] = batched(prompts, params, cancel, batch_size=batch_size)
-        return result
+        for first in range(0, len(prompts), batch_size):
+            group = prompts[first : first + batch_size]
+            started = time.perf_counter()
+            result: list[Chunk] = batched(group, params, cancel, batch_size=batch_size)
+            whole = time.perf_counter() - started
+            chunks += result
+            # Each prompt's own time when the engine measured it, else its group's.
+            times += [whole if c.seconds is None else c.seconds for c in result]
+            if cancel.is_set():
+                break
+        return chunks, times
     # A backend without batched decoding (the test fake): one prompt after the other.
-    chunks = []
     for tokens in prompts:
+        started = time.perf_counter()
         parts, n = [], 0
         for chunk in runner.generate(tokens, params, cancel):
             parts.append(chunk.text)
             n += chunk.n_tokens
         chunks.append(Chunk("".join(parts), n))
-    return chunks
+        times.append(time.perf_counter() - started)
+    return chunks, times

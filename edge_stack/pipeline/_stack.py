@@ -22,13 +22,13 @@ from collections.abc import Generator, Sequence
 from dataclasses import replace
 from types import TracebackType
 
-from ..engines._backend import Backend, GenerationParams, StageRunner
+from ..engines._backend import Backend, Chunk, GenerationParams, StageRunner
 from ..errors import BadArgument, Cancelled, ContextOverflowError, EngineError
-from ..formats._template import render
-from ..manifest import StackSpec, StageSpec, load_manifest
+from ..formats._template import Rendered, Segment, render
+from ..manifest import MEMORY_MODES, StackSpec, StageSpec, load_manifest
 from ..util._env import settings
 from ..util._limits import MAX_N_CTX, MAX_QUESTION_BYTES, check_threads
-from ..util._paths import stack_file
+from ..util._paths import edit_hint, resolve_stack
 from ._events import Answer, Done, Event, StageFinished, StageStarted, StageTrace, Token
 
 __all__ = ["Stack", "check_question"]
@@ -82,16 +82,22 @@ class Stack:
         *,
         threads: int | None = None,
         verbose: bool | None = None,
+        memory: str | None = None,
     ) -> Stack:
-        """Load the stack at ``path`` (a ``stack.toml`` or its folder) with llama.cpp.
+        """Load the stack at ``path`` (a ``stack.toml`` or its folder, or a stack's name: a
+        bundled one such as ``"word-problems"`` or one pulled with ``edgestack pull``) with
+        llama.cpp.
 
         Every file is checked (sha256 pins, GGUF structure, adapter fits its base) before
         llama.cpp sees it. ``threads`` (1 to 512, llama.cpp's limit) defaults to
         EDGESTACK_THREADS or the machine's cores; ``verbose`` lets llama.cpp print its own log
         (default: EDGESTACK_VERBOSE). A stage whose n_ctx is above its model's training context
-        loads, with a warning logged.
+        loads, with a warning logged. A stage with an ``engine`` other than "local" runs on its
+        server (docs/remote-engines.md); nothing is sent to it until the first question.
+        ``memory`` ("shared", "separate" or "low") overrides the stack's ``memory`` mode
+        (docs/stack-manifest.md); ``"low"`` is ``edgestack ask --low-memory``.
         """
-        from ..engines.llama._engine import Engine
+        from ..engines._load import load_backend
 
         # Checked before anything loads (a bad EDGESTACK_THREADS fails here too).
         threads = (
@@ -99,10 +105,16 @@ class Stack:
             if threads is None
             else check_threads(threads, "Stack.load(threads=)")
         )
-        spec = load_manifest(stack_file(path, "Stack.load"))
-        engine = Engine(spec, threads=threads, verbose=verbose)
-        _warn_past_training(spec, engine)
-        return cls(spec, engine)
+        spec = load_manifest(resolve_stack(path, "Stack.load"))
+        if memory is not None:
+            if memory not in MEMORY_MODES:
+                raise BadArgument(
+                    f"Stack.load(memory=) must be one of {', '.join(MEMORY_MODES)}, got {memory!r}"
+                )
+            spec = replace(spec, memory=memory)
+        backend = load_backend(spec, threads=threads, verbose=verbose)
+        _warn_past_training(spec, backend)
+        return cls(spec, backend)
 
     @property
     def spec(self) -> StackSpec:
@@ -117,6 +129,62 @@ class Stack:
     def runner(self, stage: str) -> StageRunner:
         """The backend's runner for ``stage`` (hold the stage's lock while using it)."""
         return self._backend.runner(stage)
+
+    def stage_stream(
+        self,
+        stage: str,
+        prompt: str | Sequence[int],
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> Generator[Chunk, None, None]:
+        """Run one stage on a prompt rendered elsewhere: what ``edgestack serve`` does when a
+        remote stage of another stack points at this one (model id ``STACK/STAGE``).
+
+        ``prompt`` is token ids, or text (special tokens written in it are parsed, as
+        llama-server does). Yields the raw chunks (stop strings already cut, not stripped);
+        the stage's lock is held while they are consumed. Raises ContextOverflowError when the
+        prompt plus max_tokens does not fit the stage's n_ctx, BadArgument for an empty prompt
+        or a token id outside the vocabulary.
+        """
+        if stage not in self._locks:
+            raise KeyError(stage)
+        return self._stage_stream(stage, prompt, params, cancel or threading.Event())
+
+    def _stage_stream(
+        self,
+        stage: str,
+        prompt: str | Sequence[int],
+        params: GenerationParams,
+        cancel: threading.Event,
+    ) -> Generator[Chunk, None, None]:
+        with self._hold(stage):
+            runner = self._backend.runner(stage)
+            if isinstance(prompt, str):
+                tokens = runner.tokenize(Rendered((Segment(prompt, inserted=False),)))
+            else:
+                tokens = [int(t) for t in prompt]
+                n_vocab = getattr(getattr(runner, "model", None), "n_vocab", None)
+                bad = [t for t in tokens if t < 0 or (n_vocab is not None and t >= n_vocab)]
+                if bad:
+                    raise BadArgument(
+                        f"token id {bad[0]} is outside stage {stage}'s vocabulary "
+                        f"(0..{(n_vocab or 1) - 1}); send ids of this stage's model"
+                    )
+            if not tokens:
+                raise BadArgument("the prompt is empty; send the stage's rendered prompt")
+            if len(tokens) + params.max_tokens > runner.n_ctx:
+                raise ContextOverflowError(
+                    f"stack {self.name}, stage {stage}: the prompt is {len(tokens)} tokens and "
+                    f"max_tokens is {params.max_tokens}, more than n_ctx {runner.n_ctx}; "
+                    "shorten the prompt or lower max_tokens"
+                )
+            chunks = runner.generate(tokens, params, cancel)
+            try:
+                yield from chunks
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
 
     @property
     def closed(self) -> bool:
@@ -173,7 +241,9 @@ class Stack:
         Each stage runs all the questions before the next stage starts, ``batch_size``
         (default 8) at a time through llama.cpp's batched decoding: one pass over the weights
         per generated token serves every question in the batch, which is where a CPU spends
-        its time. Each trace's ``seconds`` (and each answer's) is the time of the whole batch.
+        its time. Each trace's ``seconds`` is that question's own time in its stage (from the start
+        of the decode call it was part of, ``batch_size`` questions together, until its output
+        was complete), and each answer's ``seconds`` the sum over its stages.
 
         Prompts are evaluated exactly as :meth:`ask` evaluates them and the base model's Q8_0
         matrix products give the same bits for one row or many, so greedy answers match. One
@@ -188,6 +258,7 @@ class Stack:
         questions = list(questions)
         for number, question in enumerate(questions):
             check_question(question, f"questions[{number}]")
+            self.check_question_tokens(question, f"questions[{number}]")
         _check_overrides(max_tokens, temperature, seed)
         params = {s.name: _params(s, max_tokens, temperature, seed) for s in self._spec.stages}
         return ask_batch(
@@ -215,11 +286,35 @@ class Stack:
         from inside the loop on the same thread (that raises EngineError instead of deadlocking).
         """
         check_question(question)
+        self.check_question_tokens(question)
         _check_overrides(max_tokens, temperature, seed)
         extra_stop = _check_stop(stop)
         return self._run(
             question, max_tokens, temperature, seed, extra_stop, cancel or threading.Event()
         )
+
+    def check_question_tokens(self, question: str, name: str = "the question") -> None:
+        """Refuse a question longer than the stack's question limit (``max_question_tokens``,
+        StackSpec.question_limit) in the tokens of any stage that inserts it (BadArgument):
+        stages without n_ctx are sized for that limit."""
+        limit = self._spec.question_limit
+        if limit is None:
+            return
+        counted: set[object] = set()
+        for stage in self._spec.stages:
+            if "question" not in stage.template.fields or stage.model in counted:
+                continue
+            counted.add(stage.model)
+            runner = self._backend.runner(stage.name)
+            n = len(runner.tokenize(Rendered((Segment(question, inserted=True),)))) - len(
+                runner.tokenize(Rendered(()))
+            )
+            if n > limit:
+                raise BadArgument(
+                    f"stack {self.name} ({self._spec.path}), stage {stage.name}: {name} is {n} "
+                    f"tokens, more than the stack's max_question_tokens of {limit}; shorten it, "
+                    f"or raise the limit: {edit_hint(self._spec.path, 'max_question_tokens')}"
+                )
 
     def _run(
         self,
@@ -251,7 +346,8 @@ class Stack:
                         f"stack {self.name} ({self._spec.path}), stage {stage.name}: the prompt is "
                         f"{len(tokens)} tokens and max_tokens is {params.max_tokens}, "
                         f"{len(tokens) + params.max_tokens} in all, but n_ctx is {n_ctx}; "
-                        "raise n_ctx or lower max_tokens in stack.toml, or shorten the input"
+                        "shorten the question or lower max_tokens (--max-tokens), or raise "
+                        f"n_ctx: {edit_hint(self._spec.path, 'n_ctx')}"
                     )
                 prompt_text = rendered.text
                 yield StageStarted(stage.name, index, prompt_text, len(tokens))
@@ -432,15 +528,17 @@ def _warn_past_training(spec: StackSpec, backend: Backend) -> None:
     """Log a warning for each stage whose n_ctx is above its model's training context: llama.cpp
     runs it, but positions past what the model was trained on give poor text."""
     for stage in spec.stages:
-        model = getattr(backend.runner(stage.name), "model", None)
+        runner = backend.runner(stage.name)
+        model = getattr(runner, "model", None)
         trained = getattr(model, "n_ctx_train", 0)
-        if isinstance(trained, int) and 0 < trained < stage.n_ctx:
+        n_ctx = runner.n_ctx  # a stage without n_ctx gets its size when it loads
+        if isinstance(trained, int) and 0 < trained < n_ctx:
             logger.warning(
                 "%s, stage %s: n_ctx %d is above the model's training context (%d tokens); "
                 "text past that many tokens degrades, lower n_ctx to %d",
                 spec.path,
                 stage.name,
-                stage.n_ctx,
+                n_ctx,
                 trained,
                 trained,
             )
@@ -459,4 +557,5 @@ def _params(
         seed=stage.seed if seed is None else seed,
         stop=stage.stop,
         grammar=stage.grammar,
+        draft=stage.draft,
     )

@@ -2,11 +2,15 @@
 
 Endpoints (README, "Serving"): ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (OpenAI), ``POST /api/ask`` (every stage's events), ``GET /api/runs``
-(the local run log), ``GET /health``, ``GET /metrics``, and the page at ``/``.
+(the local run log), ``GET /health``, ``GET /metrics``, and the page at ``/``. A completions
+request whose model is ``STACK/STAGE`` runs that one stage for a remote stage elsewhere
+(``_stage.py``).
 
-Every error a client can cause becomes an OpenAI-style error body with a 4xx status; anything
-else is a 500 whose body says only "internal error" (the log has the traceback). No message
-sent to a client contains a file-system path.
+Every error a client can cause becomes an OpenAI-style error body with a 4xx status (numbers in
+a request are checked as text before anything converts them); a client that leaves before its
+answer (while sending its request, or while waiting) is a 499 in ``/metrics`` and no error in
+the log; anything else is a 500 whose body says only "internal error" (the log has the
+traceback). No message sent to a client contains a file-system path.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
@@ -60,17 +64,26 @@ from ._protocol import (
     usage,
 )
 from ._runner import RETRY_AFTER_S, Admission, Calls
+from ._stage import StageRequest, StageResult, is_stage_model, parse_stage_request
+from ._stage import finish_reason as stage_finish
+from ._stage import produce as stage_producer
 
 log = logging.getLogger(__name__)
 
 #: how often idle stacks are checked against their keep-alive
 SWEEP_EVERY_S = 1.0
+#: the most runs ``GET /api/runs?limit=N`` returns
+MAX_RUNS = 200
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/:;,'\"()]+){2,}")
 
 
 def _scrub(message: str) -> str:
     """Error text for a remote client: file-system paths replaced by their last part."""
     return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0))[-1], message)
+
+
+#: ask_like's body argument when the route has not read the body yet
+_UNREAD = object()
 
 
 class _TooLarge(Exception):
@@ -127,10 +140,24 @@ def _error_response(exc: BaseException) -> JSONResponse:
     return _error(500, "internal error (the server's log has the details)", "server_error")
 
 
+def _whole_number(text: str, max_digits: int) -> int | None:
+    """``text`` as a whole number when it is 1 to ``max_digits`` ASCII digits, else None.
+
+    Checked before int(): str.isdigit() also takes digits such as "²" that int() refuses, and
+    int() refuses more than 4300 digits; either would be a 500 for a client's mistake.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
 async def _body(request: Request, limit: int) -> object:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
+    if declared is not None and declared.isascii() and declared.isdigit():
+        digits = declared.lstrip("0") or "0"
+        # More digits than the limit has is too large, before int() (at most 4300 digits).
+        if len(digits) > len(str(limit)) or int(digits) > limit:
+            raise _TooLarge
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
@@ -246,6 +273,57 @@ async def _native_events(state: State, req: AskRequest) -> AsyncIterator[bytes]:
         yield _sse(_native_event(event))
 
 
+async def _stage_completion(state: State, req: StageRequest) -> Response:
+    """A ``STACK/STAGE`` completion (serve/_stage.py): the stage's raw text, streamed or whole."""
+    rid, created = new_id("completions"), int(time.time())
+    work = stage_producer(state.pool, req)
+
+    def final(result: StageResult) -> dict[str, Any]:
+        finish = stage_finish(req, result.completion_tokens)
+        return chunk_body("completions", rid, req.model, created, text="", finish=finish)
+
+    def counts(result: StageResult) -> dict[str, int]:
+        p, c = result.prompt_tokens, result.completion_tokens
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    if req.stream:
+        state.admission.check()
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                async with state.admission.slot():
+                    async for item in state.calls.run(req.model, work):
+                        if item.chunk is not None and item.chunk.text:
+                            text = item.chunk.text
+                            yield _sse(
+                                chunk_body("completions", rid, req.model, created, text=text)
+                            )
+                        elif item.done:
+                            yield _sse(final(item))
+                            if req.include_usage:
+                                tail = chunk_body("completions", rid, req.model, created)
+                                tail["choices"], tail["usage"] = [], counts(item)
+                                yield _sse(tail)
+                yield b"data: [DONE]\n\n"
+            except Exception as exc:
+                yield _sse(_error_json(exc))
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+    texts: list[str] = []
+    last = StageResult()
+    async with state.admission.slot():
+        async for item in state.calls.run(req.model, work):
+            if item.chunk is not None:
+                texts.append(item.chunk.text)
+            else:
+                last = item
+    body = final(last)
+    body["choices"][0]["text"] = "".join(texts)
+    body["object"] = "text_completion"
+    body["usage"] = counts(last)
+    return JSONResponse(body)
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -255,6 +333,11 @@ def _endpoint(state: State, name: str, fn: Handler) -> Handler:
     async def handle(request: Request) -> Response:
         try:
             response = await fn(request)
+        except ClientDisconnect:
+            # The client left while sending its request: nobody to answer, nothing went wrong
+            # here. Counted as 499 (nginx's "client closed request"), as a cancelled answer is.
+            log.debug("%s: the client disconnected while sending its request", request.url.path)
+            response = Response(status_code=499)
         except _TooLarge:
             response = _error(
                 413,
@@ -273,8 +356,10 @@ def build_app(config: ServeConfig, loader: Callable[..., Stack]) -> Starlette:
     """The server's ASGI app for ``config``; ``loader`` loads a stack.toml (Stack.load)."""
     state = State(config, loader)
 
-    async def ask_like(request: Request, kind: str) -> Response:
-        req = parse(kind, await _body(request, config.max_body_bytes), default_model=config.default)
+    async def ask_like(request: Request, kind: str, body: object = _UNREAD) -> Response:
+        if body is _UNREAD:
+            body = await _body(request, config.max_body_bytes)
+        req = parse(kind, body, default_model=config.default)
         state.pool.spec(req.model)  # an unknown model is a 404 before it queues
         if req.stream:
             # The stream takes its turn itself (it must hold it while it streams); a full
@@ -294,7 +379,11 @@ def build_app(config: ServeConfig, loader: Callable[..., Stack]) -> Starlette:
         return JSONResponse(completion_body(kind, new_id(kind), req.model, done.answer, finish))
 
     async def completions(request: Request) -> Response:
-        return await ask_like(request, "completions")
+        body = await _body(request, config.max_body_bytes)
+        if is_stage_model(body):  # one stage of a stack, for a remote stage elsewhere
+            assert isinstance(body, dict)
+            return await _stage_completion(state, parse_stage_request(body, state.pool))
+        return await ask_like(request, "completions", body)
 
     async def chat(request: Request) -> Response:
         return await ask_like(request, "chat")
@@ -321,10 +410,10 @@ def build_app(config: ServeConfig, loader: Callable[..., Stack]) -> Starlette:
         return JSONResponse({"object": "list", "data": data})
 
     async def runs(request: Request) -> Response:
-        limit = request.query_params.get("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 200:
-            raise RequestError("limit must be a whole number from 1 to 200", "limit")
-        found = await asyncio.to_thread(RunLog().recent, int(limit))
+        limit = _whole_number(request.query_params.get("limit", "20"), 3)
+        if limit is None or not 1 <= limit <= MAX_RUNS:
+            raise RequestError(f"limit must be a whole number from 1 to {MAX_RUNS}", "limit")
+        found = await asyncio.to_thread(RunLog().recent, limit)
         # The ``logs --json`` shape, less the stack's path on this machine.
         rows = [{k: v for k, v in run.to_dict().items() if k != "stack_path"} for run in found]
         return JSONResponse(rows)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BadArgument
+from ..errors import BadArgument, EdgeStackError
 from ..manifest import StackSpec, load_manifest
+
+logger = logging.getLogger(__name__)
 
 #: request bodies larger than this are refused with 413 (a question is at most 64 KiB)
 MAX_BODY_BYTES = 1 << 20
@@ -73,38 +76,41 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
 
 
 def resolve_stacks(given: Sequence[str | os.PathLike[str]]) -> dict[str, StackSpec]:
-    """Model id -> manifest for each stack named (a bundled stack's name) or given by path.
+    """Model id -> manifest for each stack given: a name (a bundled stack, or one pulled into
+    the store: ``edge_stack.store``) or a stack.toml or its folder, resolved as every command
+    resolves ``--stack``.
 
-    With nothing given, every bundled stack. The id is the manifest's ``name``; two stacks
-    with one name are an error (a request could not tell them apart).
+    With nothing given, every stack this machine has by name (bundled and pulled; a damaged
+    store entry is skipped with a warning). A stack given by name is served under that name
+    (``word-problems``, ``owner/name``); one given by path under its manifest's ``name``. Two
+    stacks with one id are an error (a request could not tell them apart).
     """
-    from ..util._paths import bundled_stacks
+    from ..store import resolve_stack
+    from ..util._paths import bundled_stacks, stored_names
 
-    bundled = bundled_stacks()
-    paths: list[Path] = []
-    for item in given or list(bundled):
-        text = os.fspath(item)
-        if text in bundled:
-            paths.append(bundled[text])
-            continue
-        path = Path(text).expanduser()
-        if path.is_dir():
-            path = path / "stack.toml"
-        if not path.is_file():
-            names = ", ".join(sorted(bundled)) or "none"
-            raise BadArgument(
-                f"--stack {text}: no such stack.toml or folder, and not a bundled stack ({names})"
-            )
-        paths.append(path.resolve())
+    named: list[tuple[str | None, str]] = []
+    if given:
+        named = [(None, os.fspath(item)) for item in given]
+    else:
+        named = [(name, name) for name in [*bundled_stacks(), *stored_names()]]
     out: dict[str, StackSpec] = {}
-    for path in paths:
-        spec = load_manifest(path)
-        if spec.name in out and out[spec.name].path != spec.path:
+    for fixed, text in named:
+        try:
+            path = resolve_stack(text, "--stack")
+            # a bundled stack whose base is not installed (pip://) is skipped, not fatal
+            spec = load_manifest(path)
+        except EdgeStackError as exc:
+            if fixed is None:
+                raise
+            logger.warning("not serving %s: %s", fixed, exc)
+            continue
+        model_id = spec.name if Path(text).expanduser().exists() else text
+        if model_id in out and out[model_id].path != spec.path:
             raise BadArgument(
-                f"two stacks are both named {spec.name!r} ({out[spec.name].path} and "
+                f"two stacks are both named {model_id!r} ({out[model_id].path} and "
                 f"{spec.path}); rename one in its stack.toml"
             )
-        out[spec.name] = spec
+        out[model_id] = spec
     return out
 
 

@@ -25,16 +25,27 @@ log = logging.getLogger(__name__)
 
 #: keep-alive that means "until the server stops"
 FOREVER = float("inf")
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+#: the longest keep-alive, in seconds (about 31 years); -1 (any negative) keeps a stack loaded
+MAX_KEEP_ALIVE_S = 10**9
+# ASCII digits only, and few of them: a number is checked before anything converts it.
+_DURATION = re.compile(r"^\s*(-?[0-9]{1,12}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h)?\s*$", re.ASCII)
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_keep_alive(value: object, where: str = "keep_alive") -> float:
-    """Seconds from Ollama's keep-alive forms: ``"5m"``, ``"30s"``, ``"1h"``, ``300``, ``0``, ``-1``."""
+    """Seconds from Ollama's keep-alive forms: ``"5m"``, ``"30s"``, ``"1h"``, ``300``, ``0``, ``-1``.
+
+    At most :data:`MAX_KEEP_ALIVE_S`; any negative value means "until the server stops".
+    """
     if isinstance(value, bool):
         raise BadArgument(f"{where} must be a duration such as 5m, 30s, 0 or -1, not {value}")
-    if isinstance(value, int | float):
-        seconds = float(value)
+    if isinstance(value, int):
+        # Compared as an integer: float() of a 400-digit number raises OverflowError.
+        if value < 0:
+            return FOREVER
+        seconds = float(min(value, MAX_KEEP_ALIVE_S + 1))
+    elif isinstance(value, float):
+        seconds = value
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     else:
@@ -44,7 +55,14 @@ def parse_keep_alive(value: object, where: str = "keep_alive") -> float:
         )
     if seconds != seconds:  # NaN
         raise BadArgument(f"{where} must be a number of seconds or a duration, not NaN")
-    return FOREVER if seconds < 0 else seconds
+    if seconds < 0:
+        return FOREVER
+    if seconds > MAX_KEEP_ALIVE_S:
+        raise BadArgument(
+            f"{where} must be at most {MAX_KEEP_ALIVE_S} seconds (about 31 years); use -1 to "
+            "keep the stack loaded until the server stops"
+        )
+    return seconds
 
 
 @dataclass

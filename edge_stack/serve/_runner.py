@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import ServerBusy
 from ..pipeline._events import Done, Event
 from ..pipeline._stack import Stack
 from ._pool import StackPool
 from ._protocol import AskRequest
+
+_T = TypeVar("_T")
 
 #: seconds a client is told to wait when the queue is full
 RETRY_AFTER_S = 1
@@ -93,6 +96,28 @@ class Calls:
         self, pool: StackPool, req: AskRequest, on_done: OnDone
     ) -> AsyncIterator[Event]:
         """The call's events, as the worker thread produces them."""
+
+        def produce(cancel: threading.Event) -> Iterator[Event]:
+            with pool.use(req.model, req.keep_alive) as stack:
+                for event in stack.stream(
+                    req.question,
+                    max_tokens=req.max_tokens,
+                    temperature=req.temperature,
+                    seed=req.seed,
+                    stop=req.stop,
+                    cancel=cancel,
+                ):
+                    if isinstance(event, Done):
+                        on_done(stack, req, event)
+                    yield event
+
+        async for event in self.run(req.model, produce):
+            yield event
+
+    async def run(
+        self, name: str, produce: Callable[[threading.Event], Iterator[_T]]
+    ) -> AsyncIterator[_T]:
+        """What ``produce(cancel)`` yields on a worker thread of its own, as it comes."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
@@ -103,18 +128,8 @@ class Calls:
 
         def work() -> None:
             try:
-                with pool.use(req.model, req.keep_alive) as stack:
-                    for event in stack.stream(
-                        req.question,
-                        max_tokens=req.max_tokens,
-                        temperature=req.temperature,
-                        seed=req.seed,
-                        stop=req.stop,
-                        cancel=cancel,
-                    ):
-                        if isinstance(event, Done):
-                            on_done(stack, req, event)
-                        put(event)
+                for item in produce(cancel):
+                    put(item)
             except BaseException as exc:
                 put(_Failed(exc))
             finally:
@@ -123,7 +138,7 @@ class Calls:
                     self._cancels.discard(cancel)
                     self._threads.discard(thread)
 
-        thread = threading.Thread(target=work, name=f"edgestack-call-{req.model}", daemon=True)
+        thread = threading.Thread(target=work, name=f"edgestack-call-{name}", daemon=True)
         with self._lock:
             self._cancels.add(cancel)
             self._threads.add(thread)

@@ -6,22 +6,27 @@ prompt and generation speed, time to first token), then asks a second question, 
 prompts share their fixed start with the first one's (seconds per question as a user sees it
 after the first). Figures are medians with min and max over the runs.
 
-The result (``--json``), all times in seconds, memory in MB::
+The result (``--json``), all times in seconds, memory in MB (10^6 bytes, as every size
+edgestack prints)::
 
     stack, path, runs, threads, question
     load_s, cold_start_s, seconds_per_question     {median, min, max}
-    memory: {kind: "pss"|"rss_peak", process_mb, stack_mb, weights_mb, kv_cache_mb,
-             state_mb, adapters_mb}
+    memory: {kind: "pss"|"rss_peak", process_mb, runtime_mb, stack_mb, weights_mb,
+             kv_cache_mb, state_mb, adapters_mb}
     stages: [{name, model, lora, load_s, prompt_tokens, prompt_tok_s, completion_tokens,
               gen_tok_s, ttft_s, kv_cache_mb, state_mb}]
 
 ``load_s`` per stage is its context (and its model when it is the first stage on that file);
 ``cold_start_s`` is loading everything plus the first stage's first token. ``memory.kind`` says
 how the process was measured: PSS from /proc/self/smaps_rollup (shared pages divided among the
-processes that map them) on Linux, else the peak resident set. ``weights_mb`` is llama.cpp's
-``llama_model_size`` of each distinct model; ``kv_cache_mb`` is each context's KV cache as
-llama.cpp allocates it (n_ctx x layers x K and V rows, f16); ``state_mb`` is
-``llama_state_get_size`` after the run (KV cells in use plus the logits buffer). llama.cpp's
+processes that map them) on Linux, else the peak resident set. ``runtime_mb`` is what loading
+llama.cpp itself adds to the process (its code and its first allocations, the same for any
+stack); ``stack_mb`` what the stack adds after that (what ``edgestack inspect`` estimates).
+``weights_mb`` is llama.cpp's
+``llama_model_size`` of each distinct model; ``kv_cache_mb`` is each stage's KV cache as
+llama.cpp allocates it (its stream's cells x layers x K and V rows, at its cache type; stages
+sharing a context have a stream each); ``state_mb`` is ``llama_state_seq_get_size`` of the
+stage's sequence after the run (its KV cells in use plus the logits buffer). llama.cpp's
 C API in this version reports no compute-buffer size; ``stack_mb - weights_mb - kv_cache_mb``
 bounds it from above.
 """
@@ -35,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..util._units import MB, format_bytes
+
 if TYPE_CHECKING:
     from ..engines.llama._model import LlamaModel
 
@@ -43,16 +50,17 @@ SECOND_QUESTION = "Sam has 23 stamps and gives 8 to his sister. How many are lef
 
 
 def process_memory_mb() -> tuple[str, float]:
-    """("pss", MB) from /proc/self/smaps_rollup, else ("rss_peak", MB) from getrusage."""
+    """("pss", MB) from /proc/self/smaps_rollup, else ("rss_peak", MB) from getrusage
+    (MB: 10^6 bytes)."""
     try:
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                return "pss", int(line.split()[1]) / 1024
+                return "pss", int(line.split()[1]) * 1024 / MB  # the kernel's "kB" is KiB
     except OSError:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
-    return "rss_peak", peak / (1024 * 1024) if peak > 1 << 32 else peak / 1024
+    return "rss_peak", peak / MB if peak > 1 << 32 else peak * 1024 / MB
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:
@@ -66,14 +74,14 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def _kv_bytes(lib: Any, model: LlamaModel, ctx: Any, kv_cache_type: str) -> int:
+def _kv_bytes(lib: Any, model: LlamaModel, cells: int, kv_cache_type: str) -> int:
     import gguf
 
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
     n_layer = lib.llama_model_n_layer(model.ptr)
     n_head_kv = lib.llama_model_n_head_kv(model.ptr)
     row = sum(model.head_dims()) * n_head_kv  # a key and a value per head
-    return int(lib.llama_n_ctx(ctx)) * n_layer * row * size // block
+    return cells * n_layer * row * size // block
 
 
 def run_bench(
@@ -86,6 +94,7 @@ def run_bench(
     """Measure the stack at ``path`` ``runs`` times; the dict documented in this module."""
     from ..engines.llama._engine import Engine
     from ..engines.llama._lib import lib as _lib
+    from ..engines.llama._sizing import round_n_ctx
     from ..errors import BadArgument
     from ..pipeline._stack import Stack
 
@@ -94,6 +103,13 @@ def run_bench(
     from ..manifest import load_manifest
 
     spec = load_manifest(path)
+    for s in spec.stages:
+        if s.remote is not None:
+            raise BadArgument(
+                f"{spec.path}: stage {s.name} runs on {s.remote.engine} at {s.remote.url}; "
+                "bench measures stages on this machine: run it where that server runs, or "
+                "time the stack with benchmarks/remote.py"
+            )
     names = [s.name for s in spec.stages]
     per: dict[str, dict[str, list[float]]] = {
         n: {"load": [], "prompt": [], "gen": [], "ttft": []} for n in names
@@ -102,7 +118,9 @@ def run_bench(
     loads: list[float] = []
     colds: list[float] = []
     per_question: list[float] = []
-    kind, before = process_memory_mb()
+    kind, start = process_memory_mb()
+    _lib()  # llama.cpp's code and backends: the runtime's cost, not the stack's
+    _, before = process_memory_mb()
     memory: dict[str, Any] = {}
     stage_mem: dict[str, dict[str, float]] = {}
     second = SECOND_QUESTION if question != SECOND_QUESTION else DEFAULT_QUESTION
@@ -141,21 +159,28 @@ def run_bench(
                 weights = sum(lib.llama_model_size(m.ptr) for m in engine.models.values())
                 for n in names:
                     runner = engine.runner(n)
-                    ctx = runner.context._live()
+                    # The stage's own stream of cells and sequence state (stages on one base
+                    # share a context, one sequence each); in low-memory mode its context
+                    # exists only during its calls.
+                    context = runner.context
+                    ctx = getattr(context, "_ctx", None)
+                    cells = lib.llama_n_ctx_seq(ctx) if ctx else round_n_ctx(runner.n_ctx)
+                    kv_type = runner.stage.kv_cache_type
                     stage_mem[n] = {
-                        "kv_cache_mb": _kv_bytes(lib, runner.model, ctx, runner.stage.kv_cache_type)
-                        / 1e6,
-                        "state_mb": lib.llama_state_get_size(ctx) / 1e6,
+                        "kv_cache_mb": _kv_bytes(lib, runner.model, cells, kv_type) / MB,
+                        "state_mb": (lib.llama_state_seq_get_size(ctx, context._seq) if ctx else 0)
+                        / MB,
                     }
                 adapters = {s.lora for s in spec.stages if s.lora is not None}
                 memory = {
                     "kind": kind,
                     "process_mb": round(now, 1),
+                    "runtime_mb": round(before - start, 1),
                     "stack_mb": round(now - before, 1),
-                    "weights_mb": round(weights / 1e6, 1),
+                    "weights_mb": round(weights / MB, 1),
                     "kv_cache_mb": round(sum(m["kv_cache_mb"] for m in stage_mem.values()), 1),
                     "state_mb": round(sum(m["state_mb"] for m in stage_mem.values()), 1),
-                    "adapters_mb": round(sum(p.stat().st_size for p in adapters) / 1e6, 1),
+                    "adapters_mb": round(sum(p.stat().st_size for p in adapters) / MB, 1),
                 }
     stages = []
     for s in spec.stages:
@@ -163,7 +188,7 @@ def run_bench(
         stages.append(
             {
                 "name": s.name,
-                "model": s.model.name,
+                "model": s.model.name if s.model is not None else None,
                 "lora": s.lora.name if s.lora else None,
                 "load_s": spread(p["load"]),
                 "prompt_tokens": counts[s.name]["prompt"],
@@ -204,10 +229,16 @@ def format_bench(result: dict[str, Any]) -> str:
         f"{f(result['cold_start_s'])} s, seconds per question {f(result['seconds_per_question'])}",
     ]
     m = result["memory"]
+
+    def size(key: str) -> str:
+        return format_bytes(float(m.get(key) or 0) * MB)
+
     lines.append(
-        f"memory ({m['kind']}): process {m['process_mb']} MB, stack {m['stack_mb']} MB; "
-        f"llama.cpp: weights {m['weights_mb']} MB, KV cache {m['kv_cache_mb']} MB, "
-        f"state {m['state_mb']} MB, adapters {m['adapters_mb']} MB on disk"
+        f"memory ({m['kind']}): process {size('process_mb')}, of which loading llama.cpp "
+        f"{size('runtime_mb')} and the stack {size('stack_mb')} (the rest is Python and "
+        "edgestack); of the stack, llama.cpp reports "
+        f"weights {size('weights_mb')}, KV cache {size('kv_cache_mb')}, state "
+        f"{size('state_mb')}; adapters {size('adapters_mb')} on disk"
     )
     lines.append(
         f"{'stage':<14}{'load s':>22}{'prompt tok/s':>26}{'gen tok/s':>24}{'first token s':>24}"

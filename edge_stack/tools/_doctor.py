@@ -158,10 +158,23 @@ def _bundled_ask() -> dict[str, Any]:
     return {"status": f"failed ({how})", "error": last}
 
 
+def _stacks() -> dict[str, Any]:
+    """How many stacks this machine has by name (edgestack list shows them)."""
+    from ..util._paths import bundled_stacks, store_dir, stored_names
+
+    return {
+        "bundled": len(bundled_stacks()),
+        "pulled": len(stored_names()),
+        "store": str(store_dir()),
+    }
+
+
 def data_folders() -> list[Path]:
     """Folders edgestack writes into on its own (where leftovers may sit)."""
     data = settings().data_dir
-    return [data, data / "prompt-cache", data / "kernels"]
+    from ..util._paths import store_dir
+
+    return [data, data / "prompt-cache", data / "kernels", store_dir()]
 
 
 def report(*, ask: bool = True) -> dict[str, Any]:
@@ -184,6 +197,7 @@ def report(*, ask: bool = True) -> dict[str, Any]:
         "data_dir": str(data),
         "run_log": _run_log(data / "runs.sqlite3"),
         "prompt_cache": _prompt_cache(data / "prompt-cache"),
+        "stacks": _stacks(),
         "leftover_temp_files": _leftovers(data_folders()),
     }
     if ask:

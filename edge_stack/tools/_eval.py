@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BadArgument, ModelFileNotFound
+from ..util._units import MB, format_bytes
 
 if TYPE_CHECKING:
     from ..pipeline._stack import Stack
@@ -75,7 +76,8 @@ class EvalReport:
     #: stage name -> median seconds, median prompt tokens and median generated tokens
     stages: dict[str, dict[str, float]]
     cases: tuple[CaseResult, ...]
-    #: peak resident memory of this process so far (MB; None where the OS does not say)
+    #: peak resident memory of this process so far (MB, 10^6 bytes; None where the OS does not
+    #: say)
     peak_rss_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,10 +89,10 @@ class EvalReport:
         lines = [
             f"accuracy {self.accuracy:.1%} ({self.correct}/{self.n}, match {self.match})",
             f"seconds per question {self.seconds_per_question:.3f} "
-            f"(median {self.median_seconds_per_question:.3f}, total {self.seconds:.1f})",
+            f"(median {self.median_seconds_per_question:.3f}, wall time in all {self.seconds:.1f})",
         ]
         if self.peak_rss_mb is not None:
-            lines[-1] += f", peak memory {self.peak_rss_mb:.0f} MB"
+            lines[-1] += f", peak memory {format_bytes(self.peak_rss_mb * MB)}"
         for name, t in self.stages.items():
             lines.append(
                 f"  stage {name}: median {t['median_seconds']:.3f}s, "
@@ -107,7 +109,7 @@ def _peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+    return peak * (1 if sys.platform == "darwin" else 1024) / MB
 
 
 def final_number(text: str) -> float | None:

@@ -1,7 +1,11 @@
 """The local run log: every ask, with each stage's prompt, output and timings, in SQLite.
 
 The log lives in ``settings().data_dir / "runs.sqlite3"``; ``--no-log`` or EDGESTACK_NO_LOG=1
-turns it off. Each append is one short transaction (a run and its stages together or nothing),
+turns it off. Each run keeps two times: ``seconds``, what the stack's stages took (prompt
+evaluation and generation: the answer's own seconds), and ``wall_seconds``, what the user waited
+(for ``ask``, from the command's start to the answer, loading the stack included; for a
+``chat`` line, from reading it to the answer; None where nobody measured it, as in logs written
+before this column existed). Each append is one short transaction (a run and its stages together or nothing),
 so several processes can share the file and a killed ask leaves no partial entry.
 
 The log is a convenience: an ask never fails because of it (a damaged, locked or unwritable log
@@ -22,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunLogError
+from ..errors import BadArgument, RunLogError
 from ..pipeline._events import Answer
+from ..util._datafile import private_folder
 from ..util._env import settings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +36,8 @@ logger = logging.getLogger(__name__)
 LOG_NAME = "runs.sqlite3"
 #: seconds a read or an append waits for another process's lock before giving up
 LOCK_WAIT_S = 2.0
+#: the most runs one read returns (``edgestack logs --limit``): bounds its time and memory
+MAX_RECENT = 100_000
 # A logged time outside this range (seconds since 1970, up to the year 5138) is damage, and
 # time.localtime() would raise on it.
 _MAX_CREATED = 1e11
@@ -49,7 +56,8 @@ CREATE TABLE IF NOT EXISTS runs (
     stack_path TEXT NOT NULL,
     question TEXT NOT NULL,
     answer TEXT NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    wall_seconds REAL
 );
 CREATE TABLE IF NOT EXISTS stages (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -75,8 +83,11 @@ class LoggedRun:
     stack_path: str
     question: str
     answer: str
+    #: what the stages took (prompt evaluation and generation)
     seconds: float
     stages: tuple[dict[str, Any], ...]
+    #: what the user waited (ask: loading the stack included); None when not measured
+    wall_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The object ``edgestack logs --json`` prints for this run (the ask --json shape plus
@@ -89,6 +100,7 @@ class LoggedRun:
             "question": self.question,
             "answer": self.answer,
             "seconds": self.seconds,
+            "wall_seconds": self.wall_seconds,
             "stages": list(self.stages),
         }
 
@@ -130,21 +142,26 @@ class RunLog:
         self.path = path or default_log_path()
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
         try:
             conn.executescript(_SCHEMA)
+            if "wall_seconds" not in _columns(conn):  # a log from before the column existed
+                conn.execute("ALTER TABLE runs ADD COLUMN wall_seconds REAL")
+                conn.commit()
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def append(self, answer: Answer, *, stack_path: Path | str) -> int:
+    def append(
+        self, answer: Answer, *, stack_path: Path | str, wall_seconds: float | None = None
+    ) -> int:
         """Record one ask (all of it or, on any error, nothing); returns its id."""
         with closing(self._connect()) as conn, conn:  # one transaction: commit or roll back
             cur = conn.execute(
-                "INSERT INTO runs (created, stack, stack_path, question, answer, seconds) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (created, stack, stack_path, question, answer, seconds, "
+                "wall_seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     time.time(),
                     _text(answer.stack),
@@ -152,6 +169,7 @@ class RunLog:
                     _text(answer.question),
                     _text(answer.text),
                     answer.seconds,
+                    wall_seconds,
                 ),
             )
             run_id = int(cur.lastrowid or 0)
@@ -179,8 +197,14 @@ class RunLog:
         """The last ``limit`` runs, newest first (empty when there is no log yet).
 
         Raises :class:`RunLogError` (one line) when the log is damaged, cannot be opened, or is
-        locked by another process for more than :data:`LOCK_WAIT_S`.
+        locked by another process for more than :data:`LOCK_WAIT_S`, and BadArgument when
+        ``limit`` is not a whole number from 1 to :data:`MAX_RECENT`.
         """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RECENT:
+            raise BadArgument(
+                f"the number of runs to show must be a whole number from 1 to {MAX_RECENT}, "
+                f"not {str(limit)[:40]}; ask for fewer"
+            )
         if not self.path.exists():
             return []
         try:
@@ -197,14 +221,17 @@ class RunLog:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if not tables:
                 return []  # an empty file: SQLite's empty database, nothing logged yet
+            wall = "wall_seconds" if "wall_seconds" in _columns(conn) else "NULL"
             rows = conn.execute(
-                "SELECT id, created, stack, stack_path, question, answer, seconds FROM runs "
-                "ORDER BY id DESC LIMIT ?",
+                "SELECT id, created, stack, stack_path, question, answer, seconds, "
+                f"{wall} FROM runs ORDER BY id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
             runs = []
             for row in rows:
-                values = dict(zip(("created", *_RUN_TEXTS, "seconds"), row[1:], strict=True))
+                values = dict(zip(("created", *_RUN_TEXTS, "seconds"), row[1:7], strict=True))
+                if row[7] is not None:
+                    values["wall_seconds"] = row[7]
                 problem = _check_row(row[0], values, _RUN_TEXTS)
                 stages = conn.execute(
                     "SELECT name, prompt, output, prompt_tokens, completion_tokens, seconds "
@@ -226,6 +253,7 @@ class RunLog:
                         answer=row[5],
                         seconds=row[6],
                         stages=stage_dicts,
+                        wall_seconds=row[7],
                     )
                 )
         return runs
@@ -258,14 +286,26 @@ class RunLog:
         )
 
 
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    """The columns of the runs table."""
+    return {str(r[1]) for r in conn.execute("PRAGMA table_info(runs)")}
+
+
 def _code(exc: BaseException) -> int:
     """SQLite's primary result code of ``exc`` (-1 when it has none)."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else -1
 
 
-def log_answer(answer: Answer, *, stack_path: Path | str, enabled: bool = True) -> int | None:
-    """Append ``answer`` unless logging is off (``enabled`` False or EDGESTACK_NO_LOG).
+def log_answer(
+    answer: Answer,
+    *,
+    stack_path: Path | str,
+    enabled: bool = True,
+    wall_seconds: float | None = None,
+) -> int | None:
+    """Append ``answer`` unless logging is off (``enabled`` False or EDGESTACK_NO_LOG);
+    ``wall_seconds`` is what the user waited for it (see the module).
 
     A log that cannot be written (damaged, locked, read-only home, a value SQLite refuses) must
     not cost the user the answer: any failure is logged as a warning and None returned, and the
@@ -275,7 +315,7 @@ def log_answer(answer: Answer, *, stack_path: Path | str, enabled: bool = True) 
         return None
     log = RunLog()
     try:
-        return log.append(answer, stack_path=stack_path)
+        return log.append(answer, stack_path=stack_path, wall_seconds=wall_seconds)
     except Exception as exc:  # the log is optional: nothing it does may fail the ask
         code = _code(exc)
         if code in _BUSY_CODES:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelFileNotFound, OutputExistsError
+from ._units import format_bytes
 
 __all__ = [
     "STALE_AFTER_S",
@@ -361,9 +362,9 @@ def remove_leftovers(
             logger.warning("could not remove the leftover temporary %s: %s", item.path, exc)
             continue
         logger.info(
-            "removed %s (%.1f MB) left by %s: %s",
+            "removed %s (%s) left by %s: %s",
             item.path,
-            item.size / 1e6,
+            format_bytes(item.size),
             item.owner,
             item.reason,
         )

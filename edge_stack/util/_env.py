@@ -52,6 +52,8 @@ class Settings:
     kernels: str = "auto"
     #: EDGESTACK_PROBE_FAULT (tests only): types the kernel probe pretends crash, comma-separated
     probe_fault: str = ""
+    #: EDGESTACK_API_KEY: the key `edgestack serve` requires when --api-key is not given
+    api_key: str | None = None
     #: EDGESTACK_ALLOW_OUTSIDE_PATHS=1: let a stack.toml name files outside its own folder
     allow_outside_paths: bool = False
 
@@ -81,8 +83,17 @@ def settings() -> Settings:
         no_prompt_cache=_flag(os.environ.get("EDGESTACK_NO_PROMPT_CACHE")),
         kernels=os.environ.get("EDGESTACK_KERNELS", "").strip().lower() or "auto",
         probe_fault=os.environ.get("EDGESTACK_PROBE_FAULT", "").strip().lower(),
+        api_key=os.environ.get("EDGESTACK_API_KEY") or None,
         allow_outside_paths=_flag(os.environ.get("EDGESTACK_ALLOW_OUTSIDE_PATHS")),
     )
+
+
+def named_secret(name: str) -> str | None:
+    """The value of the environment variable ``name`` that a stack.toml names for a secret
+    (a remote stage's ``api_key_env``); None when unset or empty. Read on each call, never
+    cached or logged, so a key can be rotated without a restart."""
+    value = os.environ.get(name, "").strip()
+    return value or None
 
 
 #: what edgestack sets for libgomp unless the user set a wait policy: spin this many

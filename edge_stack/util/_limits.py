@@ -94,3 +94,7 @@ def _bad_threads(source: str, value: object) -> BadArgument:
         f"{source} must be a whole number from 1 to {MAX_THREADS} (llama.cpp's limit), got "
         f"{value!r}; this machine has {cpu_threads()} cores, use at most that many"
     )
+
+
+#: most tokens prompt-lookup drafting may check per step (a stage's `draft` key)
+MAX_DRAFT = 16

@@ -4,20 +4,22 @@ Hashing a large model on every start would cost most of the cold-start budget, s
 digests are remembered in ``settings().data_dir / "sha256-cache.json"`` keyed by the file's
 path, size, inode, mtime and ctime. Any write to the file changes its ctime (which user code
 cannot set back), so a stale entry is never trusted. The cache only saves time: a damaged one
-(not JSON, nested too deeply, over :data:`MAX_CACHE_BYTES`, malformed entries) is logged, kept
-to its well-formed entries (maybe none) and rewritten.
+(not JSON, nested too deeply, over :data:`MAX_CACHE_BYTES`, malformed entries, not a regular
+file) is logged, kept to its well-formed entries (maybe none) and rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 from pathlib import Path
 
-from ..errors import ChecksumMismatch
+from ..errors import ChecksumMismatch, OutputExistsError
 from ._atomic import atomic_output
+from ._datafile import UnusableFile, private_folder, read_regular
 from ._env import settings
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,15 @@ def _load_cache() -> dict[str, list[object]]:
     """The cache's entries; a damaged file is rewritten with what is usable in it (maybe none)."""
     path = _cache_path()
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CACHE_BYTES + 1)
+        # A regular file only: a FIFO in its place would block every ask.
+        raw = bytes(read_regular(path, MAX_CACHE_BYTES))
     except FileNotFoundError:
+        return {}
+    except UnusableFile as exc:
+        logger.info("sha256 cache %s is damaged (%s); kept 0 entries", path, exc.reason)
+        with contextlib.suppress(OSError):
+            if not path.is_dir():
+                path.unlink()
         return {}
     except OSError as exc:
         logger.debug("could not read %s: %s", path, exc)
@@ -94,10 +102,10 @@ def _load_cache() -> dict[str, list[object]]:
 def _save_cache(cache: dict[str, list[object]]) -> None:
     path = _cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         with atomic_output(path, force=True) as tmp:
             tmp.write_text(json.dumps(cache), encoding="utf-8")
-    except OSError as exc:  # a cache we cannot write only costs time
+    except (OSError, OutputExistsError) as exc:  # a cache we cannot write only costs time
         logger.debug("could not write %s: %s", path, exc)
 
 

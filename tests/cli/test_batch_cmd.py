@@ -107,7 +107,8 @@ def test_question_and_batch_together_is_a_usage_error(
 
 
 def test_no_question_at_all_is_a_usage_error(
-    tiny_stack: Path, capsys: pytest.CaptureFixture[str]
+    tiny_stack: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # nothing piped in
     code, _, err = run(["ask", "--stack", str(tiny_stack)], capsys)
     assert code == 2 and "empty" in err

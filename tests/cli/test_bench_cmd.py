@@ -41,6 +41,7 @@ def test_bench_json_fields(tiny_stack: Path, capsys: pytest.CaptureFixture[str])
     assert list(mem) == [
         "kind",
         "process_mb",
+        "runtime_mb",
         "stack_mb",
         "weights_mb",
         "kv_cache_mb",

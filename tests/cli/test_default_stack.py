@@ -54,3 +54,19 @@ def test_default_stack_answers_the_issue_example(
     code, out, _ = run(["ask", QUESTION, "--no-log", "--threads", "1"], capsys)
     answer = out.strip()
     assert code == 0 and " " in answer and answer.rstrip(".").endswith("41")
+
+
+def test_default_stack_answers_every_held_out_question(
+    default_stack: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's claim: the bundled stack answers all 200 held-out questions of its
+    eval.jsonl exactly (`edgestack eval`, final number)."""
+    import json
+
+    code, out, err = run(
+        ["eval", "--stack", str(default_stack), "--json", "--threads", "1"], capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    wrong = [c["question"] for c in report["cases"] if not c["correct"]]
+    assert (report["n"], report["correct"], wrong) == (200, 200, [])

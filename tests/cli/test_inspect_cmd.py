@@ -107,3 +107,47 @@ def test_inspect_a_model_llama_cpp_can_load(
     code, out, err = run(["inspect", str(path)], capsys)
     assert (code, err) == (0, "")
     assert "architecture qwen2" in out and "blk.1.ffn_up.weight" in out
+
+
+# A stack whose file is not there or not a file: the table on stdout says which, and one line on
+# stderr names the stack file, the stage, the key and the file (it said nothing before).
+BROKEN_FILES: dict[str, tuple[str, Any, str, str]] = {
+    # case: (key, how to make the file, the table's word, the error line's)
+    "missing-lora": ("lora", None, "missing", "does not exist; fix the path"),
+    "missing-model": ("model", None, "missing", "does not exist; fix the path"),
+    "fifo": ("lora", os.mkfifo, "not a regular file", "is not a regular file (a FIFO"),
+    "folder": ("lora", Path.mkdir, "a folder", "is a folder, but a .gguf file is expected"),
+    "empty": ("lora", Path.touch, "invalid:", "is not a valid GGUF file: the file is empty"),
+    "empty-model": ("model", Path.touch, "invalid:", "is not a valid GGUF file: the file is"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FILES))
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_inspect_says_which_file_is_unusable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, as_json: bool
+) -> None:
+    key, make, in_table, in_error = BROKEN_FILES[case]
+    write_model(tmp_path / "base.gguf", arch=QWEN2)
+    broken = tmp_path / "broken.gguf"
+    if make is not None:
+        make(broken)
+    model, lora = ("broken.gguf", None) if key == "model" else ("base.gguf", "broken.gguf")
+    (tmp_path / "stack.toml").write_text(
+        f'version = 1\n[[stages]]\nname = "ok"\nmodel = "base.gguf"\nprompt = "{{question}}"\n'
+        f'[[stages]]\nname = "s"\nmodel = "{model}"\n'
+        + (f'lora = "{lora}"\n' if lora else "")
+        + 'prompt = "{ok}"\n'
+    )
+    code, out, err = run(["inspect", str(tmp_path), *(["--json"] if as_json else [])], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(
+        f"edgestack: error: {tmp_path / 'stack.toml'}: stage 's', key '{key}': {broken} "
+    )
+    assert in_error in err
+    if as_json:
+        files = {f["path"]: f for f in json.loads(out)["files"]}
+        assert in_table in files[str(broken)]["problem"]
+        assert (files[str(broken)]["stage"], files[str(broken)]["key"]) == ("s", key)
+    else:
+        assert f"{broken}: {in_table}" in out

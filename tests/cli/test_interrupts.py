@@ -273,3 +273,139 @@ def test_llama_log_callback_never_raises(monkeypatch: pytest.MonkeyPatch, case: 
         with pytest.raises(KeyboardInterrupt):
             _llama_lib.raise_pending_interrupt()
     _llama_lib.raise_pending_interrupt()  # raised once only (or never)
+
+
+# --- SIGTERM, and signals during start-up (edge_stack._entry, edge_stack.util._signals) ---------
+
+# case -> (outtype, temporary files to wait for, seconds after that to send SIGTERM)
+TERM_CASES: dict[str, tuple[str, int, float]] = {
+    "writing f16": ("f16", 1, 0.0),
+    "quantizing": ("q4_k_m", 2, 0.5),
+}
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize("case", list(TERM_CASES))
+def test_sigterm_during_convert_is_ctrl_c_with_exit_143(
+    big_model: Path, tmp_path: Path, case: str
+) -> None:
+    """A process manager's SIGTERM cleans up as Ctrl-C does: no output, no temporary file."""
+    outtype, count, delay = TERM_CASES[case]
+    out = tmp_path / "m.gguf"
+    proc = _start(["convert", str(big_model), "-o", str(out), "--outtype", outtype])
+    _wait_for(lambda: _has_bytes(tmp_path, count)() or proc.poll() is not None, "the work")
+    time.sleep(delay)
+    assert proc.poll() is None, "it finished before the signal: make the test model larger"
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=_TIMEOUT_S)
+    assert (proc.returncode, stdout, err) == (143, "", "edgestack: terminated\n")
+    assert list(tmp_path.iterdir()) == []
+    assert _writers_into(tmp_path) == []
+
+
+# A child that runs the command's entry point while importing the CLI takes a minute (as a slow
+# start-up would), saying "importing" on stdout when the signal may come.
+SLOW_START = r"""
+import importlib.abc, runpy, sys, time
+
+class SlowCli(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "edge_stack.cli":
+            print("importing", flush=True)
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, SlowCli())
+sys.argv = ["edgestack", "--version"]
+if "{how}" == "python -m":
+    runpy.run_module("edge_stack", run_name="__main__", alter_sys=True)
+else:  # what the console script does
+    from edge_stack._entry import main
+    sys.exit(main())
+"""
+
+#: signal -> (exit status, the one line on stderr)
+START_SIGNALS = {
+    "SIGINT": (130, "edgestack: interrupted\n"),
+    "SIGTERM": (143, "edgestack: terminated\n"),
+}
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+@pytest.mark.parametrize("name", list(START_SIGNALS))
+def test_signal_while_the_cli_is_imported_is_one_line(tmp_path: Path, name: str, how: str) -> None:
+    code, line = START_SIGNALS[name]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_START.replace("{how}", how)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
+        proc.send_signal(getattr(signal, name))
+        stdout, err = proc.communicate(timeout=_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, stdout, err) == (code, "", line)
+
+
+def test_the_console_script_is_the_entry_module() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="edgestack")
+    assert script.value == "edge_stack._entry:main"
+    main = Path(sys.modules["edge_stack"].__file__ or "").with_name("__main__.py")
+    assert "edge_stack._entry" in main.read_text()
+
+
+@pytest.mark.llama
+@pytest.mark.torch
+@pytest.mark.parametrize("stdin", ["pipe", "terminal"])
+def test_sigterm_ends_a_chat(tiny_stack: Path, tmp_path: Path, stdin: str) -> None:
+    """Ctrl-C on a terminal only clears the line; SIGTERM ends the session."""
+    import pty
+
+    argv = [sys.executable, "-m", "edge_stack", "chat", "--stack", str(tiny_stack), "--no-log"]
+    env = {**os.environ, "TERM": "xterm", "EDGESTACK_THREADS": "1"}
+    if stdin == "pipe":
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"What is 2 plus 3?\n")
+        proc.stdin.flush()
+        proc.stdout.readline()  # answered: now waiting for the next line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=_TIMEOUT_S)
+        assert (proc.returncode, err) == (143, b"edgestack: terminated\n")
+        return
+    main, child = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env, cwd=tmp_path)
+    os.close(child)
+    seen = b""
+    try:
+        deadline = time.monotonic() + _TIMEOUT_S
+        while not seen.endswith(b"> "):
+            assert time.monotonic() < deadline, seen
+            seen += os.read(main, 4096)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=_TIMEOUT_S) == 143
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    assert seen.rstrip().endswith(b"edgestack: terminated"), seen

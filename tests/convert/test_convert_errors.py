@@ -81,7 +81,7 @@ CASES: list[tuple[str, Callable[[Path], None], type[EdgeStackError], str]] = [
         "unknown architecture",
         _edit_config(model_type="gpt2", architectures=["GPT2LMHeadModel"]),
         UnsupportedArchitecture,
-        "gpt_neox, llama, qwen2",
+        "gpt_neox, llama, mistral, qwen2, qwen3, gemma3_text, phi3",
     ),
     ("vocab smaller than tokenizer", _edit_config(vocab_size=100), TokenizerError, "vocab"),
     (

@@ -381,10 +381,6 @@ def test_subprocess_reads_hf_environment(hub_env: HubEnv, tmp_path: Path, offlin
 
 
 def test_cli_convert_of_uncached_hub_id_is_one_line(hub_env: HubEnv, tmp_path: Path) -> None:
-    from edge_stack import convert
-
-    if not hasattr(convert, "convert_checkpoint"):
-        pytest.skip("edge_stack.convert.convert_checkpoint is not written yet")
     out = tmp_path / "out.gguf"
     run = subprocess.run(
         [sys.executable, "-m", "edge_stack", "convert", "owner/absent", "-o", str(out)],
@@ -405,14 +401,10 @@ def test_cli_convert_of_uncached_hub_id_is_one_line(hub_env: HubEnv, tmp_path: P
 @pytest.mark.llama
 def test_cli_converts_a_cached_hub_checkpoint_offline(hub_env: HubEnv, tmp_path: Path) -> None:
     """The whole path: Hub id -> cached snapshot (offline) -> GGUF that passes check_gguf."""
-    pytest.importorskip("transformers")
-    from edge_stack import convert
     from edge_stack.formats.gguf._check import check_gguf
 
     from model_builders import build_model
 
-    if not hasattr(convert, "convert_checkpoint"):
-        pytest.skip("edge_stack.convert.convert_checkpoint is not written yet")
     ckpt = build_model("gptneox", tmp_path / "ckpt")
     files = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.is_file()}
     snapshot = add_to_cache(

@@ -8,7 +8,6 @@ tokenizes awkward texts exactly like transformers does.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -34,8 +33,10 @@ from tokenizer_builders import (
     KINDS,
     LLAMA3_PATTERN,
     QWEN2_PATTERN,
+    LlamaVocab,
     build_tokenizer,
     n_tokens,
+    write_vocab_gguf,
 )
 
 N_VOCAB = 640  # every builder's tokenizer has fewer tokens; the rest are padding slots
@@ -118,79 +119,9 @@ def _edit_json(path: Path, **changes: Any) -> None:
     path.write_text(json.dumps(data))
 
 
-def _write_vocab_gguf(vocab: Vocab, path: Path) -> Path:
-    """A header-only GGUF (llama architecture, no tensors) that llama.cpp loads with vocab_only."""
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_context_length(256)
-    writer.add_embedding_length(32)
-    writer.add_block_count(1)
-    writer.add_feed_forward_length(64)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(4)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(len(vocab.tokens))
-    vocab.write(writer)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-class _LlamaVocab:
-    """llama.cpp's tokenizer over a vocab-only GGUF, through the low-level API."""
-
-    def __init__(self, path: Path) -> None:
-        # edgestack's own loader: backend initialised once, llama.cpp's log routed (or dropped)
-        # through the one process-wide callback the runtime uses.
-        from edge_stack.engines.llama._lib import lib
-
-        self._lib = llama_cpp = lib()
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        assert self.model, f"llama.cpp could not load {path}"
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-
-    def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        out = (self._lib.llama_token * size)()
-        n = self._lib.llama_tokenize(
-            self.vocab, data, len(data), out, size, add_special, parse_special
-        )
-        assert n >= 0, f"llama_tokenize failed ({n})"
-        return list(out[:n])
-
-    def detokenize(self, tokens: list[int]) -> bytes:
-        buf = ctypes.create_string_buffer(256)
-        pieces = []
-        for token in tokens:
-            n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-            assert n >= 0
-            pieces.append(buf.raw[:n])
-        return b"".join(pieces)
-
-    def attr(self, token: int) -> int:
-        return int(self._lib.llama_vocab_get_attr(self.vocab, token))
-
-    def chat_template(self, name: str | None = None) -> str | None:
-        raw = self._lib.llama_model_chat_template(self.model, name.encode() if name else None)
-        return raw.decode() if raw else None
-
-    def close(self) -> None:
-        if self.model:
-            self._lib.llama_model_free(self.model)
-            self.model = None
-
-
 @contextlib.contextmanager
-def _llama(vocab: Vocab, tmp_path: Path) -> Iterator[_LlamaVocab]:
-    model = _LlamaVocab(_write_vocab_gguf(vocab, tmp_path / "vocab.gguf"))
+def _llama(vocab: Vocab, tmp_path: Path) -> Iterator[LlamaVocab]:
+    model = LlamaVocab(write_vocab_gguf(vocab, tmp_path / "vocab.gguf"))
     try:
         yield model
     finally:
@@ -344,7 +275,7 @@ def test_special_ids_and_token_types(
         assert vocab.token_types[token_id] == (CONTROL if special else USER_DEFINED)
     assert set(vocab.token_types[: len(hf)]) <= {NORMAL, CONTROL, USER_DEFINED}
 
-    path = _write_vocab_gguf(vocab, tmp_path / "vocab.gguf")
+    path = write_vocab_gguf(vocab, tmp_path / "vocab.gguf")
     fields = gguf.GGUFReader(str(path)).fields
     keys = gguf.Keys.Tokenizer
 
@@ -359,7 +290,7 @@ def test_special_ids_and_token_types(
     assert len(fields[keys.LIST].contents()) == N_VOCAB
     assert fields[keys.TOKEN_TYPE].contents() == list(vocab.token_types)
 
-    llama = _LlamaVocab(path)
+    llama = LlamaVocab(path)
     try:
         assert llama_cpp.llama_vocab_n_tokens(llama.vocab) == N_VOCAB
         assert llama_cpp.llama_vocab_eos(llama.vocab) == hf.eos_token_id
@@ -630,13 +561,14 @@ BAD_MODELS = [
     (
         "unigram",
         {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]},
-        "Unigram (SentencePiece)",
+        "Unigram model",
     ),
     ("wordpiece", {"type": "WordPiece", "vocab": {"[UNK]": 0}}, "WordPiece"),
     (
+        # SentencePiece-style (test_spm_tokenizer) but with a byte-level pre-tokenizer
         "byte fallback",
         {"type": "BPE", "byte_fallback": True, "vocab": {"a": 0}, "merges": []},
-        "byte_fallback",
+        "pre-tokenizer step 'ByteLevel'",
     ),
     (
         "subword prefix",
@@ -656,22 +588,21 @@ def test_non_byte_level_bpe_is_an_error(
 ) -> None:
     folder = _copy(tokenizer_dirs["gpt2", "pairs"], tmp_path / "tok")
     _set_model(folder, model)
-    with pytest.raises(TokenizerError, match=r"byte-level BPE|llama\.cpp does not") as info:
+    with pytest.raises(TokenizerError, match=r"BPE|llama\.cpp") as info:
         load_vocab(folder, n_vocab=N_VOCAB)
     assert message in str(info.value)
     assert str(folder) in str(info.value)
 
 
-def test_sentencepiece_only_folder_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "tokenizer.model").write_bytes(b"\x00")
-    with pytest.raises(
-        TokenizerError, match=r"SentencePiece tokenizer\.model but no tokenizer\.json"
-    ):
+def test_damaged_sentencepiece_model_is_an_error(tmp_path: Path) -> None:
+    # a tokenizer.model alone converts (test_spm_tokenizer); a damaged one is one clear error
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\x99")
+    with pytest.raises(TokenizerError, match=r"is not a SentencePiece model .*copy"):
         load_vocab(tmp_path, n_vocab=N_VOCAB)
 
 
 def test_missing_tokenizer_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelFileNotFound, match=r"no tokenizer\.json in"):
+    with pytest.raises(ModelFileNotFound, match=r"no tokenizer\.json or tokenizer\.model in"):
         load_vocab(tmp_path, n_vocab=N_VOCAB)
 
 
@@ -710,7 +641,7 @@ def test_duplicate_token_text_is_an_error(
         }
     )
     if "the" not in data["model"]["vocab"]:
-        data["model"]["vocab"]["the"] = 599
+        data["model"]["vocab"]["the"] = 602  # an id of its own: only the text repeats
     (folder / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(TokenizerError, match="appears twice"):
         load_vocab(folder, n_vocab=N_VOCAB)
@@ -735,3 +666,146 @@ def test_unknown_structure_error_names_the_file(
     _edit_json(folder / "tokenizer.json", pre_tokenizer={"type": "Whitespace"})
     with pytest.raises(TokenizerError, match=r"tokenizer\.json: .*'Whitespace' is not supported"):
         load_vocab(folder, n_vocab=N_VOCAB)
+
+
+# --- tokenizers llama.cpp (or edgestack's GGUF check) would refuse: refused by the converter ------
+# Each edits the gpt2 tokenizer.json; before, `edgestack convert` wrote a GGUF that llama.cpp
+# aborted on (a NUL in a token) or that every `edgestack ask` refused ("re-convert it").
+
+
+def _added(token_id: object, content: object, special: bool = True) -> dict[str, Any]:
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
+
+
+def _unmerged(data: dict[str, Any]) -> str:
+    """A vocab token no merge names."""
+    named = {half for merge in data["model"]["merges"] for half in merge}
+    return next(t for t in data["model"]["vocab"] if t not in named and t != "Ġ")
+
+
+REFUSED_TOKENIZERS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "nul-in-added-token": (
+        lambda d: d["added_tokens"].append(_added(601, "x\u0000y")),
+        "token 601 'x\\x00y' contains a NUL character (U+0000), where llama.cpp cuts token "
+        "texts (it would read 'x'",
+    ),
+    "nul-in-vocab-token": (
+        lambda d: (
+            d["model"]["vocab"].update({"a\u0000": 599})
+            or d["model"]["vocab"].pop(next(t for t, i in d["model"]["vocab"].items() if i == 599))
+        ),
+        "token 599 'a\\x00' contains a NUL character",
+    ),
+    "nul-first": (
+        lambda d: d["added_tokens"].append(_added(601, "\u0000")),
+        "token 601 '\\x00' contains a NUL character (U+0000), where llama.cpp cuts token texts "
+        "(it would read an empty text",
+    ),
+    "two-tokens-one-id": (
+        lambda d: d["model"]["vocab"].update({"zzz": 5}),
+        "tokenizer.json vocab gives id 5 to both '&' and 'zzz'",
+    ),
+    "float-id": (
+        lambda d: d["model"]["vocab"].update({"flt": 3.5}),
+        "tokenizer.json vocab token 'flt' has id 3.5, expected a whole number",
+    ),
+    "string-id": (
+        lambda d: d["model"]["vocab"].update({"str": "7"}),
+        "tokenizer.json vocab token 'str' has id '7', expected a whole number",
+    ),
+    "added-token-bool-id": (
+        lambda d: d["added_tokens"].append(_added(True, "<b>")),
+        "tokenizer.json added token '<b>' has id True, expected a whole number",
+    ),
+    "added-token-content-not-text": (
+        lambda d: d["added_tokens"].append(_added(601, 5)),
+        "tokenizer.json added token 601 has content 5, expected a string",
+    ),
+    "negative-id": (
+        lambda d: d["model"]["vocab"].update({"neg": -1}),
+        "tokenizer.json has a negative token id -1 (vocab token 'neg')",
+    ),
+    "gap-where-a-merge-needs-a-token": (
+        lambda d: d["model"]["vocab"].pop("a"),
+        "tokenizer.json merge #0 'Ġ a' names 'a', which is not a token of its vocabulary, where "
+        "no token has id 64",
+    ),
+    "added-token-takes-a-merged-tokens-id": (
+        lambda d: d["added_tokens"].append(_added(64, "<dup>")),
+        "tokenizer.json merge #0 'Ġ a' names 'a', whose id 64 the added token '<dup>' takes",
+    ),
+    "no-merges": (
+        lambda d: d["model"].update({"merges": []}),
+        "tokenizer.json BPE model has no merges",
+    ),
+    "merge-of-unknown-tokens": (
+        lambda d: d["model"]["merges"].append(["€", "€"]),
+        "tokenizer.json merge #344 '€ €' names '€', which is not a token",
+    ),
+    "merge-with-a-space-inside": (
+        lambda d: d["model"]["merges"].append(["a b", "c"]),
+        "tokenizer.json merge #344 ['a b', 'c'] is not a pair of non-empty tokens without spaces",
+    ),
+    "merge-of-numbers": (
+        lambda d: d["model"]["merges"].append([1, 2]),
+        "tokenizer.json merge #344 [1, 2] is not a pair of non-empty tokens without spaces",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_TOKENIZERS))
+def test_tokenizer_llama_cpp_cannot_use_is_refused(
+    tokenizer_dirs: dict[tuple[str, str], Path], tmp_path: Path, case: str
+) -> None:
+    edit, expected = REFUSED_TOKENIZERS[case]
+    folder = _copy(tokenizer_dirs["gpt2", "pairs"], tmp_path / "tok")
+    data = json.loads((folder / "tokenizer.json").read_text())
+    edit(data)
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(TokenizerError) as info:
+        load_vocab(folder, n_vocab=N_VOCAB)
+    message = str(info.value)
+    assert message.startswith(f"{folder / 'tokenizer.json'}: ") and "\n" not in message
+    assert expected in message, message
+    assert "; " in message  # and what to do
+
+
+# Edits that look alike but that tokenizers and llama.cpp both handle: still converted, and the
+# GGUF passes the check every ask makes.
+ACCEPTED_TOKENIZERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "added-token-repeats-its-vocab-token": lambda d: d["added_tokens"].append(_added(0, "!")),
+    "gap-no-merge-needs": lambda d: d["model"]["vocab"].pop(_unmerged(d)),
+    "gap-filled-by-an-added-token": lambda d: d["added_tokens"].append(
+        _added(d["model"]["vocab"].pop(_unmerged(d)), "<fill>")
+    ),
+    "merges-as-strings": lambda d: d["model"].update(
+        {"merges": [" ".join(m) for m in d["model"]["merges"]]}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED_TOKENIZERS))
+def test_tokenizer_edits_llama_cpp_handles_still_convert(
+    tokenizer_dirs: dict[tuple[str, str], Path], tmp_path: Path, case: str
+) -> None:
+    import mmap
+
+    from edge_stack.formats.gguf._reader import read_header
+    from edge_stack.formats.gguf._vocab import check_vocab
+
+    folder = _copy(tokenizer_dirs["gpt2", "pairs"], tmp_path / "tok")
+    data = json.loads((folder / "tokenizer.json").read_text())
+    ACCEPTED_TOKENIZERS[case](data)
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    vocab = load_vocab(folder, n_vocab=N_VOCAB)
+    path = write_vocab_gguf(vocab, tmp_path / "vocab.gguf")
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert check_vocab(read_header(mm, path.stat().st_size), "llama") == N_VOCAB

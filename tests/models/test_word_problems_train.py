@@ -73,10 +73,27 @@ def test_folders_are_hf_checkpoints_and_peft_adapters(trained: Path) -> None:
 def test_reference_eval_runs_every_stage(trained: Path) -> None:
     ev = _load("eval_reference")
     cases = ev.generated_cases(3, "heldout", 1)
-    report = ev.score(ev.load_stack(trained), cases)
-    assert report["n"] == 3 and 0.0 <= report["accuracy"] <= 1.0
-    assert set(report["stage_exact"]) == {"extract", "compute", "answer"}
-    assert ev.score(ev.load_baseline(trained), cases)["n"] == 3
+    runner = ev.load_stack(trained)
+    report = ev.score(runner, cases)
+    # The same questions asked here, stage by stage: the report counts exactly these.
+    outputs = [runner.ask(c.question) for c in cases]
+    right = [
+        ev.final_number(o[runner.stages[-1].name]) == c.answer
+        for o, c in zip(outputs, cases, strict=True)
+    ]
+    assert report["n"] == 3 and report["accuracy"] == sum(right) / 3
+    assert [f["question"] for f in report["failures"]] == [
+        c.question for c, ok in zip(cases, right, strict=True) if not ok
+    ]
+    for stage in ("extract", "compute", "answer"):
+        exact = [o[stage] == c.stage_outputs[stage] for o, c in zip(outputs, cases, strict=True)]
+        assert report["stage_exact"][stage] == sum(exact) / 3
+    baseline = ev.load_baseline(trained)
+    answers = [baseline.ask(c.question)[baseline.stages[-1].name] for c in cases]
+    assert (
+        ev.score(baseline, cases)["accuracy"]
+        == sum(ev.final_number(a) == c.answer for a, c in zip(answers, cases, strict=True)) / 3
+    )
 
 
 @pytest.mark.parametrize(

@@ -177,7 +177,10 @@ def test_eval_cli_on_a_built_stack(
         json.dumps({"question": QUESTIONS[1], "answer": first + " (not what it says)"}),
     )
     report = tmp_path / "report.json"
-    argv = ["eval", str(built.parent), "--data", str(data), "--match", "text", "--threads", "1"]
+    argv = [
+        *("eval", "--stack", str(built.parent), "--data", str(data)),
+        *("--match", "text", "--threads", "1"),
+    ]
     code, out, err = run([*argv, "--report", str(report)], capsys)
     assert code == 0 and err == ""
     assert out.startswith("accuracy 50.0% (1/2, match text)")
@@ -204,11 +207,13 @@ def test_eval_cli_on_a_built_stack(
 def test_eval_cli_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_lines(tmp_path / "d.jsonl", GOOD_LINE, '{"question": 3, "answer": 3}')
     stack = tmp_path / "nowhere"
-    code, out, err = run(["eval", str(stack), "--data", str(data)], capsys)
+    code, out, err = run(["eval", "--stack", str(stack), "--data", str(data)], capsys)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert f"{data}, line 2: 'question' must be a non-empty string" in err
-    code, out, err = run(["eval", str(stack), "--data", str(data), "--match", "fuzzy"], capsys)
+    code, out, err = run(
+        ["eval", "--stack", str(stack), "--data", str(data), "--match", "fuzzy"], capsys
+    )
     assert code == 1 and "unknown --match 'fuzzy'" in err
     good = write_lines(tmp_path / "g.jsonl", GOOD_LINE)
-    code, out, err = run(["eval", str(stack), "--data", str(good)], capsys)
+    code, out, err = run(["eval", "--stack", str(stack), "--data", str(good)], capsys)
     assert code == 1 and "does not exist" in err and str(stack) in err

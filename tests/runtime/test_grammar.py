@@ -27,6 +27,7 @@ from edge_stack.formats.grammar._validate import (
     MAX_REPETITIONS,
     MAX_RULES,
     MAX_STACK_ENTRIES,
+    MAX_STACKS_PER_CHAR,
     validate_grammar,
 )
 
@@ -88,6 +89,23 @@ def _two_way(levels: int) -> str:
     return "\n".join(rules).replace("r0 ", "root ", 1) + f'\nr{levels} ::= "z"\n'
 
 
+def _optional_items(n: int, item: str = "[a-z]*") -> str:
+    """``n`` items that can match nothing, one after another: each costs llama.cpp a parse
+    stack per item after it at every generated character."""
+    return "root ::= " + " ".join([item] * n)
+
+
+def _tree(levels: int) -> str:
+    """2**levels items [a-z ]* in a row, through a tree of rules (deeper parse stacks)."""
+    rules = ["t0 ::= [a-z ]*", *(f"t{i} ::= t{i - 1} t{i - 1}" for i in range(1, levels + 1))]
+    return f"root ::= t{levels}\n" + "\n".join(rules) + "\n"
+
+
+def _words(n: int, repeated: bool = False) -> str:
+    words = " | ".join(f'"{chr(97 + i % 26)}{i}"' for i in range(n))
+    return f"root ::= ({words})*" if repeated else f"root ::= {words}"
+
+
 VALID = [
     pytest.param(JSON_GBNF, id="json.gbnf"),
     pytest.param(ARITHMETIC_GBNF, id="arithmetic.gbnf"),
@@ -110,6 +128,14 @@ VALID = [
     pytest.param(_chain(MAX_CHAIN - 1, 4), id="longest-chain"),
     pytest.param(_chain(63, MAX_ALTERNATIVES), id="widest-under-a-chain"),
     pytest.param(_two_way(10), id="1024-stacks"),
+    # the largest of each shape MAX_STACKS_PER_CHAR lets through (benchmarks/grammar_cost.py)
+    pytest.param(_optional_items(43), id="43-optional-items"),
+    pytest.param(_optional_items(44, "[a-z]?"), id="44-optional-characters"),
+    pytest.param(_tree(4), id="16-optional-items-in-a-tree"),
+    pytest.param(_words(MAX_ALTERNATIVES), id="1024-words"),
+    pytest.param(_words(MAX_ALTERNATIVES - 1, repeated=True), id="repeated-choice-of-1023-words"),
+    pytest.param('root ::= "a" x\nx ::= "b" x "c" | ""', id="recursion-with-required-end"),
+    pytest.param('root ::= [\\uD7FF\\uE000-\\uFFFF] "\\U0001F600"', id="next-to-surrogates"),
 ]
 
 
@@ -178,6 +204,27 @@ INVALID: list[tuple[str | bytes, list[str]]] = [
     (_two_way(11), [f"at most {MAX_ALTERNATIVES} alternatives"]),
     (_chain(MAX_CHAIN + 1, 1), [f"at most {MAX_CHAIN} rules in a chain"]),
     (_chain(80, 1000), [f"at most {MAX_STACK_ENTRIES} parse-stack entries"]),
+    # UTF-16 surrogates: no UTF-8 text holds one; llama.cpp matched invalid bytes to them
+    ('root ::= "\\uD800"', ["line 1, column 11", "surrogate \\ud800", "UTF-8"]),
+    ("root ::= [a-z\\uDFFF]", ["line 1, column 14", "surrogate \\udfff"]),
+    ('root ::= "a" "\\U0000DC00"', ["line 1, column 15", "surrogate \\udc00"]),
+    ("root ::= [\\uD800-\\uDBFF]", ["line 1, column 11", "surrogate \\ud800"]),
+    # parse stacks per generated character (400 items: 25 s per token in llama.cpp)
+    (_optional_items(44), [f"at most {MAX_STACKS_PER_CHAR:,} parse stacks", "'root'"]),
+    (_optional_items(400), ["line 1, column 1", f"{MAX_STACKS_PER_CHAR:,} parse stacks"]),
+    (_optional_items(64, "[a-z]?"), ["parse stacks"]),
+    (_optional_items(64, '("x" [a-z ]*)?'), ["parse stacks"]),
+    (_tree(6), ["parse stacks", "rule 'root'"]),
+    (
+        "root ::= " + " | ".join(f'({_optional_items(16)[9:]} "#{i}")' for i in range(7)),
+        ["parse stacks"],
+    ),
+    (
+        'root ::= "a" x\nx ::= ' + _optional_items(50, "[a-z]?")[9:],
+        ["line 1, column 1", "parse stacks", "'root'"],
+    ),
+    ('root ::= x\nx ::= "a" x "b"? | ""', ["line 2, column 1", "recursion", "'x'"]),
+    ('root ::= s\ns ::= [a-z]+ (" " s)? "."?', ["line 2, column 1", "recursion", "'s'"]),
 ]
 
 
@@ -209,6 +256,7 @@ def test_invalid_grammars_are_refused(grammar: str | bytes, expected: list[str])
             id="alts-12000",
         ),
         pytest.param(_two_way(40), "alternatives", id="two-way-2^40"),
+        pytest.param(_optional_items(1000), "parse stacks", id="optional-items-1000"),
     ],
 )
 @pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])

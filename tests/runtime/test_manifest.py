@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_stack.errors import ManifestError, ModelFileNotFound
-from edge_stack.manifest import StackSpec, load_manifest
+from edge_stack.manifest import MAX_STAGES, StackSpec, load_manifest
 
 from .conftest import MakeStack
 
@@ -129,6 +129,13 @@ def test_literal_braces(make_stack: MakeStack) -> None:
 
 STAGE = 'name = "s"\nmodel = "base.gguf"\nprompt = "{question}"\n'
 
+
+def _stages(n: int) -> str:
+    """A stack of ``n`` stages, each reading the question."""
+    one = '[[stages]]\nname = "s{i}"\nmodel = "base.gguf"\nprompt = "{{question}}"\n'
+    return "version = 1\n" + "".join(one.format(i=i) for i in range(n))
+
+
 # (toml body, expected substrings of the message)
 BAD = [
     ("version = 2\n[[stages]]\n" + STAGE, ["version 2", "'version'"]),
@@ -223,7 +230,15 @@ BAD = [
     ),
     ("version = 1\nstages = 3\n", ["key 'stages'"]),
     ("version = 1\nstages = [1]\n", ["stage #1", "table"]),
+    # more stages than MAX_STAGES (2,002 made llama.cpp abort on a failed allocation)
+    (_stages(MAX_STAGES + 1), ["key 'stages'", f"at most {MAX_STAGES} [[stages]]", "found 65"]),
+    (_stages(2002), ["key 'stages'", "found 2,002", "split the pipeline"]),
 ]
+
+
+def test_most_stages_allowed(make_stack: MakeStack) -> None:
+    spec = load_manifest(make_stack(_stages(MAX_STAGES)), check_files=False)
+    assert len(spec.stages) == MAX_STAGES == 64
 
 
 @pytest.mark.parametrize(("body", "expected"), BAD)

@@ -17,7 +17,7 @@ BAD = [
     (f"n_ctx = {MAX_N_CTX + 1}\n", "n_ctx", f"at most {MAX_N_CTX}"),
     (f"n_ctx = {2**63 - 1}\n", "n_ctx", f"at most {MAX_N_CTX}"),
     (f"n_ctx = {MAX_N_CTX}\nmax_tokens = {MAX_N_CTX + 1}\n", "max_tokens", f"at most {MAX_N_CTX}"),
-    ("max_tokens = 600\n", "max_tokens", "600 is more than the stage's n_ctx (512)"),
+    ("n_ctx = 512\nmax_tokens = 600\n", "max_tokens", "600 is more than the stage's n_ctx (512)"),
     ("n_ctx = 64\nmax_tokens = 65\n", "max_tokens", "more than the stage's n_ctx (64)"),
     ("top_k = 2147483648\n", "top_k", "at most 2147483647"),
     ("lora_scale = 1e300\n", "lora_scale", f"at most {MAX_LORA_SCALE}"),

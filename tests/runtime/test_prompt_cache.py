@@ -81,7 +81,23 @@ def test_second_process_restores_the_fixed_start_and_answers_the_same(
     files = _cache_files()
     assert len(files) == 2  # the two stages with a fixed start of at least one micro-batch
 
-    again, cached = _first_ask(prefix_stack)
+    # A second process, sharing only the data folder: it restores the fixed starts from disk.
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_prompt_cache import _first_ask\n"
+        "print(json.dumps(_first_ask(Path(sys.argv[1]))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(prefix_stack), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again, cached = json.loads(proc.stdout)
     assert again == answers
     assert cached["extract"] >= 64 and cached["compute"] >= 64 and cached["answer"] == 0
     assert _cache_files() == files

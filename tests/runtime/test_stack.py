@@ -191,11 +191,9 @@ def test_cancel_from_another_thread(spec_path: Path) -> None:
     cancel = threading.Event()
     timer = threading.Timer(0.05, cancel.set)
     timer.start()
-    start = time.perf_counter()
     with pytest.raises(Cancelled):
         stack.ask("q", cancel=cancel, max_tokens=5000)
-    assert time.perf_counter() - start < 1.0
-    assert backend.generated < 1000
+    assert backend.generated < 1000  # of 5000 (5 s of generation): the cancel stopped it
 
 
 def test_threads_get_same_answers_and_stages_are_serialized(spec_path: Path) -> None:
@@ -279,7 +277,6 @@ def test_bad_question_is_refused_before_tokenizing(
     spec_path: Path, question: str, match: str
 ) -> None:
     stack, backend = make(spec_path, n_ctx=1 << 20)
-    started = time.perf_counter()
     for call, name in (
         (lambda: stack.ask(question), "question"),
         (lambda: stack.ask_batch(["fine", question]), "questions[1]"),
@@ -289,7 +286,30 @@ def test_bad_question_is_refused_before_tokenizing(
             call()
         message = str(info.value)
         assert message.startswith(f"{name} ") and "\n" not in message and len(message) < 300
-    assert time.perf_counter() - started < 2.0
+    assert not any(r.calls for r in backend.runners.values())
+
+
+class _NeverEncoded(str):
+    """A question that fails the test if anything encodes it or searches it character by
+    character: a question over the limit must be refused by its length alone."""
+
+    def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+        raise AssertionError("the question was encoded")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the question was read character by character")
+
+
+def test_huge_question_is_refused_by_its_length_alone(spec_path: Path) -> None:
+    stack, backend = make(spec_path, n_ctx=1 << 20)
+    huge = _NeverEncoded("x" * 10**8)
+    for call in (
+        lambda: stack.ask(huge),
+        lambda: stack.ask_batch(["fine", huge]),
+        lambda: next(stack.stream(huge)),
+    ):
+        with pytest.raises(BadArgument, match="at least 100000000 bytes"):
+            call()
     assert not any(r.calls for r in backend.runners.values())
 
 

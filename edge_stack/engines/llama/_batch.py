@@ -48,6 +48,9 @@ class BatchOutput:
     tokens: list[int] = field(default_factory=list)
     #: this prompt's counts and timings (``first_token_seconds`` from the start of the call)
     stats: GenStats = field(default_factory=GenStats)
+    #: seconds from the start of the call until this prompt's output was complete (its own
+    #: time: prompts that finish early do not wait for the others)
+    seconds: float = 0.0
 
 
 class BatchContext(LlamaContext):
@@ -112,12 +115,14 @@ class BatchContext(LlamaContext):
         seed: int | None = None,
         stop: Sequence[str] = (),
         grammar: str | None = None,
+        draft: int = 0,
         cancel: threading.Event | None = None,
     ) -> list[BatchOutput]:
         """Generate after each prompt; one :class:`BatchOutput` per prompt, in order.
 
         Same stopping rules and errors as :meth:`LlamaContext.generate` for every prompt; a
-        cancel stops all of them (their ``finish_reason`` is "cancelled").
+        cancel stops all of them (their ``finish_reason`` is "cancelled"). ``draft`` is accepted
+        and ignored: a batch already checks one token for every prompt per step.
         """
         if not 1 <= len(prompts) <= self._n_seq:
             raise EngineError(f"give 1 to {self._n_seq} prompts, not {len(prompts)}")
@@ -213,6 +218,8 @@ class BatchContext(LlamaContext):
             out.stats.first_token_seconds = time.perf_counter() - t0
             if self._take(seq, tok, out, texts[seq], max_tokens):
                 pending[seq] = tok
+            else:
+                out.seconds = time.perf_counter() - t0
         step_start = time.perf_counter()
         while pending and not cancelled:
             if cancel is not None and cancel.is_set():
@@ -225,6 +232,8 @@ class BatchContext(LlamaContext):
                 tok = int(lib.llama_sampler_sample(samplers[seq], self._ctx, row))
                 if self._take(seq, tok, outs[seq], texts[seq], max_tokens):
                     pending[seq] = tok
+                else:
+                    outs[seq].seconds = time.perf_counter() - t0
         gen_seconds = time.perf_counter() - step_start
         for seq, out in enumerate(outs):
             if cancelled and out.stats.finish_reason == "":
@@ -232,6 +241,7 @@ class BatchContext(LlamaContext):
             out.text += texts[seq].flush()
             out.stats.gen_seconds = gen_seconds
             out.stats.completion_tokens = len(out.tokens)
+            out.seconds = out.seconds or time.perf_counter() - t0
         return outs
 
     def _take(self, seq: int, tok: int, out: BatchOutput, text: StopText, max_tokens: int) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ...errors import ContextOverflowError, EngineError
 from ...util._limits import check_threads
+from ._draft import MAX_DRAFT, Drafter
 from ._lib import NativeHandle, check_file, default_threads, llama_errors, reason
 from ._lib import lib as _lib
 from ._sampling import StopText, build_sampler, check_grammar
@@ -57,6 +58,9 @@ class GenStats:
     first_token_seconds: float = 0.0
     #: "length", "eog", "stop", "cancelled" or "context" ("" while running)
     finish_reason: str = ""
+    #: tokens proposed by prompt-lookup drafting, and how many of them the sampler kept
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     @property
     def seconds(self) -> float:
@@ -96,6 +100,8 @@ class LlamaContext(NativeHandle):
         lora: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
         kv_cache_type: str = "f16",
+        share: LlamaContext | None = None,
+        seq: int = 0,
     ) -> None:
         lib = _lib()
         kv_type = model.kv_cache_type_id(kv_cache_type)
@@ -109,6 +115,11 @@ class LlamaContext(NativeHandle):
         self.n_ubatch = min(n_ubatch, n_batch, n_ctx)
         # Tokens per llama_decode call: whole micro-batches, so each call starts on a boundary.
         self.n_batch = min(n_batch, n_ctx) // self.n_ubatch * self.n_ubatch
+        #: the context whose native llama.cpp context (and KV cache) this one is a sequence of
+        #: (see :mod:`edge_stack.engines.llama._shared`); None when it has its own
+        self._share = share
+        #: this context's sequence in the KV cache
+        self._seq = seq
         self.lora = Path(lora) if lora is not None else None
         self.kv_cache_type = kv_cache_type
         self.lora_scale = lora_scale
@@ -128,6 +139,9 @@ class LlamaContext(NativeHandle):
 
         if self.lora is not None:
             self._check_lora(self.lora)  # before any native allocation
+        if share is not None:
+            self._join(share)
+            return
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx * self._n_seq
         params.n_batch = max(self.n_batch, self._n_seq)
@@ -164,6 +178,62 @@ class LlamaContext(NativeHandle):
             raise
         model._contexts.add(self)
 
+    def _join(self, share: LlamaContext) -> None:
+        """Become sequence ``self._seq`` of ``share``'s native context, with an adapter of our own
+        that :meth:`_select` sets on that context before each of our decodes."""
+        lib = _lib()
+        if self.n_ubatch != share.n_ubatch or self.kv_cache_type != share.kv_cache_type:
+            raise EngineError(
+                f"a sequence of a shared context needs its micro-batch ({share.n_ubatch}) and KV "
+                f"cache type ({share.kv_cache_type}), not {self.n_ubatch} and {self.kv_cache_type}"
+            )
+        if not 0 <= self._seq < share._n_seq or self.n_ctx > share.n_ctx:
+            raise EngineError(
+                f"sequence {self._seq} of {self.n_ctx} tokens does not fit a shared context of "
+                f"{share._n_seq} sequences of {share.n_ctx} tokens"
+            )
+        self._lock = share._lock  # one native context: one native call at a time
+        self._n_seq = share._n_seq
+        self._ctx = share._live()
+        self._mem = share._mem
+        self.model._context_opened()  # the model outlives our adapter (see LlamaModel)
+        try:
+            if self.lora is not None:
+                self._load_lora(self.lora)
+            self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+            for i in range(self.n_batch):
+                self._batch.n_seq_id[i] = 1
+                self._batch.seq_id[i][0] = self._seq
+        except BaseException:
+            self.close()
+            raise
+        self.model._contexts.add(self)
+
+    def _select(self) -> None:
+        """Before a decode on a shared native context: set this sequence's adapter on it if another
+        sequence's is set (llama.cpp then re-plans its graph once; caller holds the lock)."""
+        share = self._share
+        if share is None or getattr(share, "_active", None) is self:
+            return
+        lib = _lib()
+        if self._adapter is None:
+            rc = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+            scales = (ctypes.c_float * 1)(self.lora_scale)
+            rc = lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales)
+        if rc != 0:
+            raise EngineError(f"llama.cpp could not set the LoRA adapter {self.lora}")
+        share._switched(self)
+
+    def _clear_memory(self) -> None:
+        """Forget this context's KV cells (only its own sequence on a shared native context)."""
+        lib = _lib()
+        if self._share is None:
+            lib.llama_memory_clear(self._mem, True)
+        else:
+            lib.llama_memory_seq_rm(self._mem, self._seq, -1, -1)
+
     def _check_lora(self, path: Path) -> None:
         check_file(path, "adapter")
         try:
@@ -174,6 +244,14 @@ class LlamaContext(NativeHandle):
 
     def _attach_lora(self, path: Path, scale: float) -> None:
         lib = _lib()
+        self._load_lora(path)
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+        scales = (ctypes.c_float * 1)(scale)
+        if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+            raise EngineError(f"llama.cpp could not attach the LoRA adapter {path}")
+
+    def _load_lora(self, path: Path) -> None:
+        lib = _lib()
         with llama_errors() as errors:
             self._adapter = lib.llama_adapter_lora_init(self.model.ptr, os.fsencode(path))
         if not self._adapter:
@@ -181,10 +259,6 @@ class LlamaContext(NativeHandle):
                 f"llama.cpp returned NULL loading the LoRA adapter {path} for {self.model.path}: "
                 f"{reason(errors)}"
             )
-        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
-        scales = (ctypes.c_float * 1)(scale)
-        if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
-            raise EngineError(f"llama.cpp could not attach the LoRA adapter {path}")
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -197,7 +271,7 @@ class LlamaContext(NativeHandle):
         """Forget the KV cache (the next call evaluates its whole prompt)."""
         with self._lock:
             self._live()
-            _lib().llama_memory_clear(self._mem, True)
+            self._clear_memory()
             self._tokens = []
             self._reusable = 0
 
@@ -214,14 +288,16 @@ class LlamaContext(NativeHandle):
                 return None
             lib = _lib()
             if len(self._tokens) > n_tokens:
-                if not lib.llama_memory_seq_rm(self._mem, 0, n_tokens, -1):
+                if not lib.llama_memory_seq_rm(self._mem, self._seq, n_tokens, -1):
                     return None
                 self._tokens = self._tokens[:n_tokens]
             with llama_errors() as errors:
-                size = lib.llama_state_seq_get_size(self._ctx, 0)
+                size = lib.llama_state_seq_get_size(self._ctx, self._seq)
                 state = bytearray(size)
                 buf = (ctypes.c_uint8 * size).from_buffer(state)
-                written = lib.llama_state_seq_get_data(self._ctx, buf, size, 0) if size else 0
+                written = (
+                    lib.llama_state_seq_get_data(self._ctx, buf, size, self._seq) if size else 0
+                )
                 del buf  # releases the bytearray for the caller
             if not size or written != size:
                 log.debug(
@@ -246,7 +322,7 @@ class LlamaContext(NativeHandle):
         with self._lock:
             self._live()
             lib = _lib()
-            lib.llama_memory_clear(self._mem, True)
+            self._clear_memory()
             self._tokens, self._reusable = [], 0
             size = len(state)
             if n == 0 or n % self.n_ubatch or size == 0:
@@ -256,13 +332,13 @@ class LlamaContext(NativeHandle):
             except TypeError:  # read-only (bytes)
                 buf = (ctypes.c_uint8 * size).from_buffer_copy(state)
             with llama_errors() as errors:
-                read = lib.llama_state_seq_set_data(self._ctx, buf, size, 0)
+                read = lib.llama_state_seq_set_data(self._ctx, buf, size, self._seq)
                 del buf
                 ok = (
                     read == size
-                    and lib.llama_memory_seq_pos_min(self._mem, 0) == 0
-                    and lib.llama_memory_seq_pos_max(self._mem, 0) == n - 1
-                    and lib.llama_state_seq_get_size(self._ctx, 0) == size
+                    and lib.llama_memory_seq_pos_min(self._mem, self._seq) == 0
+                    and lib.llama_memory_seq_pos_max(self._mem, self._seq) == n - 1
+                    and lib.llama_state_seq_get_size(self._ctx, self._seq) == size
                 )
             if not ok:
                 log.debug(
@@ -271,7 +347,7 @@ class LlamaContext(NativeHandle):
                     size,
                     reason(errors, "positions or size differ"),
                 )
-                lib.llama_memory_clear(self._mem, True)
+                self._clear_memory()
                 return False
             self._tokens, self._reusable = [int(t) for t in tokens], n
             return True
@@ -292,7 +368,7 @@ class LlamaContext(NativeHandle):
         rows: list[np.ndarray] = []
         with self._lock:
             self._live()
-            _lib().llama_memory_clear(self._mem, True)
+            self._clear_memory()
             self._tokens = []
             self._reusable = 0
             self._decode(ids, all_logits=True, rows=rows)
@@ -320,9 +396,16 @@ class LlamaContext(NativeHandle):
         seed: int | None = None,
         stop: Sequence[str] = (),
         grammar: str | None = None,
+        draft: int = 0,
         cancel: threading.Event | None = None,
     ) -> Generator[GenToken, None, None]:
         """Generate after the prompt ``tokens``; stream :class:`GenToken` items.
+
+        ``draft`` > 0 turns on prompt-lookup drafting (:mod:`._draft`) with up to that many
+        tokens checked per llama.cpp call: each drafted token is kept only if this call's own
+        sampler picks it, so the output distribution is the sampler's (greedy picks the same
+        argmax). The logits of a batch of rows may differ in the last bits from those of one
+        row, so at a near-tie the text can differ from undrafted decoding (README, Performance).
 
         Stops at ``max_tokens`` generated tokens, an end-of-generation token (not yielded), a stop
         string (never emitted) or when ``cancel`` is set (checked between tokens). Greedy when
@@ -351,12 +434,17 @@ class LlamaContext(NativeHandle):
             "seed": seed,
             "grammar": grammar,
         }
+        if not isinstance(draft, int) or not 0 <= draft <= MAX_DRAFT:
+            raise EngineError(f"draft must be a whole number from 0 to {MAX_DRAFT}, not {draft!r}")
         self._live()
         self._current = next(self._call)
-        return self._generate(ids, self._current, max_tokens, sampling, stop, cancel)
+        return self._generate(ids, self._current, max_tokens, sampling, stop, cancel, draft)
 
     def close(self) -> None:
         """Free the context and its adapter. Safe to call twice."""
+        share = getattr(self, "_share", None)
+        if share is None:
+            self._close_views()
         with self._lock:
             if getattr(self, "_ctx", None) is None:
                 return
@@ -364,7 +452,14 @@ class LlamaContext(NativeHandle):
             if self._batch is not None:
                 lib.llama_batch_free(self._batch)
                 self._batch = None
-            lib.llama_free(self._ctx)
+            if share is None:
+                lib.llama_free(self._ctx)
+            else:  # only our sequence and adapter go; the native context is the owner's
+                if share._ctx is not None:
+                    lib.llama_memory_seq_rm(self._mem, self._seq, -1, -1)
+                    if getattr(share, "_active", None) is self:
+                        lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+                        share._switched(None)
             self._ctx = None
             if self._adapter is not None:
                 lib.llama_adapter_lora_free(self._adapter)
@@ -375,6 +470,12 @@ class LlamaContext(NativeHandle):
         self.model._contexts.discard(self)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _close_views(self) -> None:
+        """Close the contexts that are sequences of this one (a shared context overrides it)."""
+
+    def _switched(self, view: LlamaContext | None) -> None:
+        """``view``'s adapter is now the one set (a shared context overrides it)."""
 
     def _live(self) -> Any:
         if getattr(self, "_ctx", None) is None:
@@ -424,11 +525,12 @@ class LlamaContext(NativeHandle):
             ctypes.memset(batch.logits, 1 if all_logits else 0, n)
             if not all_logits and start + n == len(ids):
                 batch.logits[n - 1] = 1
+            self._select()
             with llama_errors() as errors:
                 rc = lib.llama_decode(self._ctx, batch)
             if rc != 0:
                 # The cache state after a failed decode is not ours to guess: start over next time.
-                lib.llama_memory_clear(self._mem, True)
+                self._clear_memory()
                 self._tokens = []
                 self._reusable = 0
                 raise EngineError(
@@ -455,8 +557,8 @@ class LlamaContext(NativeHandle):
         keep = min(common, self._reusable) // self.n_ubatch * self.n_ubatch
         if keep < len(old):
             lib = _lib()
-            if not lib.llama_memory_seq_rm(self._mem, 0, keep, -1):
-                lib.llama_memory_clear(self._mem, True)
+            if not lib.llama_memory_seq_rm(self._mem, self._seq, keep, -1):
+                self._clear_memory()
                 keep = 0
             self._tokens = old[:keep]
         self._reusable = keep
@@ -470,6 +572,7 @@ class LlamaContext(NativeHandle):
         sampling: dict[str, Any],
         stop: Sequence[str],
         cancel: threading.Event | None,
+        draft: int = 0,
     ) -> Generator[GenToken, None, None]:
         lib = _lib()
         model = self.model
@@ -490,18 +593,23 @@ class LlamaContext(NativeHandle):
             return
         sampler = build_sampler(lib, model.vocab, model.n_vocab, history=ids.tolist(), **sampling)
         text = StopText(stop)
+        drafter = Drafter(max_len=draft) if draft else None
+        history = ids.tolist()
         t1 = time.perf_counter()
         try:
+            with self._lock:
+                self._own(call)
+                # (token, already in the KV cache): drafted tokens the sampler confirmed are
+                pending = [(int(lib.llama_sampler_sample(sampler, self._ctx, -1)), False)]
             while True:
-                with self._lock:
-                    self._own(call)
-                    tok = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
+                tok, cached = pending.pop(0)
                 if not stats.first_token_seconds:
                     stats.first_token_seconds = time.perf_counter() - t0
                 if model.is_eog(tok):
                     stats.finish_reason = "eog"
                     break
                 stats.completion_tokens += 1
+                history.append(tok)
                 piece = text.feed(model.token_to_piece(tok))
                 if text.stopped or stats.completion_tokens >= max_tokens:
                     stats.finish_reason = "stop" if text.stopped else "length"
@@ -513,18 +621,61 @@ class LlamaContext(NativeHandle):
                 if cancel is not None and cancel.is_set():
                     stats.finish_reason = "cancelled"
                     break
+                if cached:
+                    continue  # its KV entry exists: the next pending token follows it
                 if len(self._tokens) >= self.n_ctx:  # cannot happen after the check in generate()
                     stats.finish_reason = "context"
                     break
                 with self._lock:
                     self._own(call)
-                    self._decode(np.array([tok], dtype=np.int32))
+                    pending = self._step(
+                        tok, sampler, drafter, history, max_tokens - stats.completion_tokens
+                    )
             stats.gen_seconds = time.perf_counter() - t1
             tail = text.flush()
             if tail:
                 yield GenToken(-1, tail)
         finally:
+            if drafter is not None:
+                stats.draft_tokens, stats.draft_accepted = drafter.drafted, drafter.accepted
             lib.llama_sampler_free(sampler)
+
+    def _step(
+        self, tok: int, sampler: Any, drafter: Drafter | None, history: list[int], left: int
+    ) -> list[tuple[int, bool]]:
+        """Evaluate ``tok`` (and a draft after it) and sample what follows (caller holds the lock).
+
+        Returns the tokens to emit next: drafted tokens the sampler picked itself (their KV
+        entries kept), then the one token it picked where it disagreed or after the last draft.
+        """
+        lib = _lib()
+        # Room: every drafted token emitted plus the one sampled after them fit max_tokens,
+        # and all of them fit the context.
+        room = min(left - 1, self.n_ctx - len(self._tokens) - 1)
+        guess = drafter.draft(history, room) if drafter is not None else []
+        if not guess:
+            self._decode(np.array([tok], dtype=np.int32))
+            return [(int(lib.llama_sampler_sample(sampler, self._ctx, -1)), False)]
+        self._decode(np.array([tok, *guess], dtype=np.int32), all_logits=True)
+        out: list[tuple[int, bool]] = []
+        for i, guessed in enumerate(guess):
+            picked = int(lib.llama_sampler_sample(sampler, self._ctx, i))
+            if picked != guessed:
+                out.append((picked, False))
+                break
+            out.append((picked, True))
+        else:
+            out.append((int(lib.llama_sampler_sample(sampler, self._ctx, len(guess))), False))
+        accepted = len(out) - 1
+        assert drafter is not None
+        drafter.record(len(guess), accepted)
+        keep = len(self._tokens) - (len(guess) - accepted)
+        if keep < len(self._tokens):
+            # The rejected guesses' KV entries go; the next decode continues after the kept ones.
+            if not lib.llama_memory_seq_rm(self._mem, self._seq, keep, -1):
+                raise EngineError("llama.cpp could not drop rejected draft tokens from the cache")
+            del self._tokens[keep:]
+        return out
 
     def _own(self, call: int) -> None:
         """Refuse to go on when the context was closed or a newer call took it over."""

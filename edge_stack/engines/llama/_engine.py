@@ -1,275 +1,201 @@
 """The real backend: llama.cpp through :mod:`edge_stack.engines.llama._model`.
 
-One :class:`~edge_stack.engines.llama._model.LlamaModel` per distinct GGUF file, memory-mapped and shared by
-every stage that names it; one :class:`~edge_stack.engines.llama._model.LlamaContext` per stage, with the
-stage's LoRA adapter attached to that context (never ``Llama(lora_path=...)``, which copies the
-base). Each context keeps its KV cache between calls, so the fixed start of a stage's prompt is
-evaluated once. Every file is checked before llama.cpp sees it: sha256 pins here, GGUF structure
-and adapter fit in ``_model`` (``formats.gguf``).
+One :class:`~edge_stack.engines.llama._model.LlamaModel` per distinct GGUF file, memory-mapped and
+shared by every stage that names it (never ``Llama(lora_path=...)``, which copies the base).
+How the stages hold their contexts is the stack's ``memory`` mode (docs/stack-manifest.md):
+
+- ``shared`` (the default): the stages on one base model (and KV cache type) share one llama.cpp
+  context, each stage a sequence of its KV cache with its own adapter
+  (:mod:`edge_stack.engines.llama._shared`); one stage call at a time runs on it;
+- ``separate``: one context per stage, its adapter attached there (stages on one base can then
+  run at the same time from different threads);
+- ``low``: only the running stage's context exists, and one base model at a time
+  (:mod:`edge_stack.engines.llama._lowmem`).
+
+Contexts keep their KV cache between calls, so the fixed start of a stage's prompt is evaluated
+once (in ``low`` mode it comes back from the on-disk prompt cache). A stage without ``n_ctx``
+gets what its template, the stack's ``max_question_tokens`` and ``max_tokens`` can need
+(:mod:`edge_stack.engines.llama._sizing`). Every file is checked before llama.cpp sees it: sha256
+pins here, GGUF structure and adapter fit in ``_model`` (``formats.gguf``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import EdgeStackError, EngineError
-from ...formats._template import Rendered, Segment, tokenize_rendered
-from ...manifest import StackSpec, StageSpec
+from ...manifest import MEMORY_MODES, StackSpec, StageSpec
 from ...util._env import settings
-from ...util._pins import check_pin
-from .._backend import Chunk, GenerationParams
 from ._prompt_cache import PromptCache
+from ._runner import (
+    LlamaRunner,
+    Turn,
+    _in_stage,
+    check_stage_files,
+    local_stages,
+    stage_n_ctx,
+    stage_specials,
+    stage_tokenizer,
+)
 
 if TYPE_CHECKING:
-    from ._batch import BatchContext
     from ._context import LlamaContext
     from ._model import LlamaModel
+
+__all__ = ["Engine", "LlamaRunner", "Turn", "local_stages", "stage_specials", "stage_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 
-class LlamaRunner:
-    """One stage on llama.cpp: the shared model and this stage's own context."""
+class Engine:
+    """Loads every model and context of a stack; :meth:`close` frees them all.
+
+    ``memory`` overrides the stack's ``memory`` mode ("shared", "separate" or "low").
+    """
 
     def __init__(
         self,
-        stage: StageSpec,
-        model: LlamaModel,
-        context: LlamaContext,
+        spec: StackSpec,
         *,
         threads: int | None = None,
-        prompt_cache: PromptCache | None = None,
+        verbose: bool | None = None,
+        memory: str | None = None,
     ) -> None:
-        self.stage = stage
-        self.model = model
-        self.context = context
-        self._threads = threads
-        self._prompt_cache = prompt_cache
-        # The prompt cache is consulted on the first call only (the context keeps the prefix after).
-        self._first = True
-        self._to_save: list[int] = []
-        #: the context for batched calls, made on first use (its KV cache holds n_seq prompts)
-        self.batch_context: BatchContext | None = None
-        # Only the specials the template can contain matter for splitting it.
-        literal = "".join(p for p in stage.template.parts if isinstance(p, str))
-        self._specials = {s: t for s, t in model.special_tokens().items() if s in literal}
-        self._bos: tuple[int, ...] = (model.bos,) if model.add_bos and model.bos >= 0 else ()
-
-    @property
-    def n_ctx(self) -> int:
-        return self.context.n_ctx
-
-    def _text_tokens(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_bos=False, special=False)
-
-    def tokenize(self, prompt: Rendered) -> list[int]:
-        return tokenize_rendered(
-            prompt, special_tokens=self._specials, tokenize_text=self._text_tokens, bos=self._bos
-        )
-
-    def generate(
-        self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
-    ) -> Iterator[Chunk]:
-        restored: list[int] = []
-        if self._first:
-            self._first = False
-            self._to_save, restored = self._first_call(tokens)
-        yielded = False
-        try:
-            for chunk in self._stream(tokens, params, cancel):
-                yielded = True
-                yield chunk
-        except EngineError:
-            # llama_decode failed on top of a prefix from the prompt cache: that file goes, and
-            # the prompt is evaluated from scratch (unless text was already passed on).
-            if (
-                not restored
-                or self._prompt_cache is None
-                or not self.context.last_stats.cached_tokens
-            ):
-                raise
-            self._prompt_cache.discard(self.context, restored)
-            self.context.reset()
-            if yielded:
-                raise
-            self._to_save = restored
-            yield from self._stream(tokens, params, cancel)
-        # Saved once this prompt has been evaluated in whole (not after a cancel or an error).
-        done = self.context.last_stats.finish_reason not in ("", "cancelled")
-        if self._to_save and self._prompt_cache is not None and done:
-            self._prompt_cache.store(self.context, self._to_save)
-            self._to_save = []
-
-    def _stream(
-        self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
-    ) -> Iterator[Chunk]:
-        stream = self.context.generate(tokens, **asdict(params), cancel=cancel)
-        try:
-            for item in stream:
-                # id -1 carries held-back text at the end, not a new token.
-                yield Chunk(item.text, 0 if item.id < 0 else 1)
-        finally:
-            stream.close()
-
-    def _first_call(self, tokens: Sequence[int]) -> tuple[list[int], list[int]]:
-        """On the first call, restore the fixed prompt start from the prompt cache; returns the
-        tokens to save after this call when they were not there, and those restored."""
-        if self._prompt_cache is None:
-            return [], []
-        # The last token of the fixed text may merge with what follows it: only the common
-        # part counts, in whole micro-batches (the only part a context reuses).
-        n = 0
-        for a, b in zip(self._fixed_start()[:-1], tokens, strict=False):
-            if a != b:
-                break
-            n += 1
-        n = min(n, len(tokens) - 1) // self.context.n_ubatch * self.context.n_ubatch
-        if n == 0 or self.context.cached_tokens:
-            return [], []
-        prefix = [int(t) for t in tokens[:n]]
-        if self._prompt_cache.restore(self.context, prefix):
-            return [], prefix
-        return prefix, []
-
-    def _fixed_start(self) -> list[int]:
-        head = []
-        for part in self.stage.template.parts:
-            if not isinstance(part, str):
-                break
-            head.append(part)
-        if not head:
-            return []
-        return self.tokenize(Rendered((Segment("".join(head), inserted=False),)))
-
-    def generate_batch(
-        self,
-        prompts: Sequence[Sequence[int]],
-        params: GenerationParams,
-        cancel: threading.Event,
-        *,
-        batch_size: int,
-    ) -> list[Chunk]:
-        """Generate after each prompt, ``batch_size`` sequences per decode step (llama.cpp's
-        batched decoding); one Chunk (whole raw output, token count) per prompt, in order."""
-        from ._batch import BatchContext
-
-        ctx = self.batch_context
-        # A context made for bigger batches serves smaller ones as well, keeping its cache.
-        if ctx is None or ctx.n_seq < batch_size:
-            if ctx is not None:
-                ctx.close()
-            self.batch_context = None
-            ctx = self.batch_context = BatchContext(
-                self.model,
-                n_ctx=self.stage.n_ctx,
-                n_seq=batch_size,
-                n_threads=self._threads,
-                lora=self.stage.lora,
-                lora_scale=self.stage.lora_scale,
-                kv_cache_type=self.stage.kv_cache_type,
-            )
-        chunks: list[Chunk] = []
-        for start in range(0, len(prompts), batch_size):
-            outs = ctx.generate_batch(
-                prompts[start : start + batch_size],
-                **asdict(params),
-                cancel=cancel,
-            )
-            chunks.extend(Chunk(o.text, o.stats.completion_tokens) for o in outs)
-            if cancel.is_set():
-                break
-        return chunks
-
-    def close(self) -> None:
-        """Free this stage's contexts (the shared model is the engine's)."""
-        self.context.close()
-        if self.batch_context is not None:
-            self.batch_context.close()
-            self.batch_context = None
-
-
-def _in_stage(exc: EdgeStackError, where: str) -> EdgeStackError:
-    """The same error with the stack file and stage in front of its message."""
-    try:
-        new = type(exc)(f"{where}: {exc}")
-    except Exception:  # an error class with a different constructor: keep it as it is
-        return exc
-    new.__cause__ = exc.__cause__
-    return new
-
-
-class Engine:
-    """Loads every model and context of a stack; :meth:`close` frees them all."""
-
-    def __init__(
-        self, spec: StackSpec, *, threads: int | None = None, verbose: bool | None = None
-    ) -> None:
-        from ._context import LlamaContext
-        from ._model import LlamaModel, set_llama_logging
+        from ._model import set_llama_logging
 
         verbose = settings().verbose if verbose is None else verbose
         if verbose:
             set_llama_logging(True)
+        memory = spec.memory if memory is None else memory
+        if memory not in MEMORY_MODES:
+            raise EngineError(f"unknown memory mode {memory!r}; use one of {MEMORY_MODES}")
         self.spec = spec
-        cache = (
+        self.memory = memory
+        self._cache = (
             None
             if settings().no_prompt_cache
             else PromptCache(settings().data_dir / "prompt-cache")
         )
         self.models: dict[Path, LlamaModel] = {}
         self.runners: dict[str, LlamaRunner] = {}
+        #: each stage's context size in tokens (its n_ctx, or the size it was given)
+        self.n_ctx: dict[str, int] = {}
+        #: the contexts stages share (memory "shared"), by base model and KV cache type
+        self.shared: dict[tuple[Path, str], LlamaContext] = {}
         #: seconds each stage took to load (its model, if first to use it, and its context)
         self.load_seconds: dict[str, float] = {}
+        self._residency: object = None
         self._closed = False
         try:
-            for stage in spec.stages:
-                where = f"{spec.path}, stage {stage.name}"
-                started = time.perf_counter()
-                try:
-                    # Pins first: a file that is not the pinned one is never parsed at all.
-                    check_pin(stage.model, stage.sha256, where=f"{where}, key 'sha256'")
-                    if stage.lora is not None:
-                        check_pin(
-                            stage.lora, stage.lora_sha256, where=f"{where}, key 'lora_sha256'"
-                        )
-                    key = stage.model.resolve()
-                    model = self.models.get(key)
-                    if model is None:
-                        model = LlamaModel.load(key, verbose=verbose)
-                        self.models[key] = model
-                    if stage.grammar is not None:
-                        # Token references need the vocabulary: checked at load, not first ask.
-                        model.check_grammar(stage.grammar)
+            if memory == "low":
+                from ._lowmem import load_low_memory
+
+                low = load_low_memory(
+                    spec, threads=threads, verbose=verbose, prompt_cache=self._cache
+                )
+                self._residency = low.residency
+                self.runners, self.n_ctx = low.runners, low.n_ctx
+                self.load_seconds = low.load_seconds
+            else:
+                self._load(threads=threads, verbose=verbose, share=memory == "shared")
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, *, threads: int | None, verbose: bool, share: bool) -> None:
+        from ._context import LlamaContext
+        from ._model import LlamaModel
+        from ._shared import SharedContext
+
+        spec = self.spec
+        tokenizers = {}
+        for stage in local_stages(spec):
+            where = f"{spec.path}, stage {stage.name}"
+            started = time.perf_counter()
+            try:
+                check_stage_files(spec, stage)
+                assert stage.model is not None
+                key = stage.model.resolve()
+                model = self.models.get(key)
+                if model is None:
+                    model = self.models[key] = LlamaModel.load(key, verbose=verbose)
+                if stage.grammar is not None:
+                    # Token references need the vocabulary: checked at load, not first ask.
+                    model.check_grammar(stage.grammar)
+            except EdgeStackError as exc:
+                raise _in_stage(exc, where) from exc
+            tokenizers[stage.name] = stage_tokenizer(stage, model)
+            self.load_seconds[stage.name] = time.perf_counter() - started
+        self.n_ctx = stage_n_ctx(spec, tokenizers)
+        groups: dict[tuple[Path, str], list[StageSpec]] = {}
+        for stage in local_stages(spec):
+            assert stage.model is not None
+            # A context below one micro-batch of 32 tokens uses smaller ones: not shareable.
+            if share and self.n_ctx[stage.name] >= 32:
+                groups.setdefault((stage.model.resolve(), stage.kv_cache_type), []).append(stage)
+        sharing = {
+            s.name: key for key, members in groups.items() if len(members) > 1 for s in members
+        }
+        for (path, kv_type), members in groups.items():
+            if len(members) > 1:
+                self.shared[(path, kv_type)] = SharedContext(
+                    self.models[path],
+                    n_ctx=max(self.n_ctx[s.name] for s in members),
+                    n_seq=len(members),
+                    n_threads=threads,
+                    kv_cache_type=kv_type,
+                )
+        turns = {key: Turn(f"the context shared by stages on {key[0].name}") for key in self.shared}
+        for stage in local_stages(spec):
+            where = f"{spec.path}, stage {stage.name}"
+            started = time.perf_counter()
+            assert stage.model is not None
+            pair = sharing.get(stage.name)
+            model = self.models[stage.model.resolve()]
+            n_ctx = self.n_ctx[stage.name]
+            try:
+                shared = None if pair is None else self.shared[pair]
+                if shared is not None:
+                    assert isinstance(shared, SharedContext)
+                    context = shared.sequence(
+                        n_ctx=n_ctx, lora=stage.lora, lora_scale=stage.lora_scale
+                    )
+                else:
                     context = LlamaContext(
                         model,
-                        n_ctx=stage.n_ctx,
+                        n_ctx=n_ctx,
                         n_threads=threads,
                         lora=stage.lora,
                         lora_scale=stage.lora_scale,
                         kv_cache_type=stage.kv_cache_type,
                     )
-                except EdgeStackError as exc:
-                    raise _in_stage(exc, where) from exc
-                self.runners[stage.name] = LlamaRunner(
-                    stage, model, context, threads=threads, prompt_cache=cache
-                )
-                self.load_seconds[stage.name] = time.perf_counter() - started
-                logger.debug(
-                    "stage %s: %s%s, n_ctx %d",
-                    stage.name,
-                    stage.model.name,
-                    f" + {stage.lora.name}" if stage.lora else "",
-                    stage.n_ctx,
-                )
-        except BaseException:
-            self.close()
-            raise
+            except EdgeStackError as exc:
+                raise _in_stage(exc, where) from exc
+            self.runners[stage.name] = LlamaRunner(
+                stage,
+                model,
+                context,
+                threads=threads,
+                prompt_cache=self._cache,
+                turn=None if pair is None else turns[pair],
+            )
+            self.load_seconds[stage.name] += time.perf_counter() - started
+            logger.debug(
+                "stage %s: %s%s, n_ctx %d%s",
+                stage.name,
+                stage.model.name,
+                f" + {stage.lora.name}" if stage.lora else "",
+                n_ctx,
+                " (shared context)" if shared is not None else "",
+            )
+
+    @property
+    def adapter_switches(self) -> int:
+        """Adapter switches on the shared contexts so far (each costs llama.cpp a re-plan)."""
+        return sum(getattr(ctx, "switches", 0) for ctx in self.shared.values())
 
     def runner(self, stage: str) -> LlamaRunner:
         return self.runners[stage]
@@ -280,7 +206,13 @@ class Engine:
         self._closed = True
         for runner in self.runners.values():
             runner.close()
+        for ctx in self.shared.values():
+            ctx.close()
+        close = getattr(self._residency, "close", None)
+        if close is not None:
+            close()
         for model in self.models.values():
             model.close()
         self.runners.clear()
+        self.shared.clear()
         self.models.clear()

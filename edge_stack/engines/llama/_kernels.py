@@ -22,8 +22,10 @@ named in :data:`REINSTALL` keeps repacking and leaves AMX out, for users who wan
 
 The verdict is a JSON file under ``kernels/`` in the data folder, named by a hash of the
 llama.cpp libraries (path, size, modification time), the CPU (model name and feature flags)
-and :data:`PROBE_VERSION`. ``EDGESTACK_KERNELS=full`` skips the probe (llama.cpp's default),
-``safe`` turns the extra buffer types off for every model.
+and :data:`PROBE_VERSION`. A verdict file that is not a regular file (a FIFO would block every
+ask), is larger than :data:`MAX_VERDICT_BYTES` or does not parse (nested too deeply, wrong
+types) is damaged: it is removed and the probe runs again. ``EDGESTACK_KERNELS=full`` skips the
+probe (llama.cpp's default), ``safe`` turns the extra buffer types off for every model.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import EngineError
+from ...errors import EdgeStackError, EngineError
+from ...util._datafile import UnusableFile, private_folder, read_regular
 from ...util._env import quiet_openmp, settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ PROBE_VERSION = 1
 #: k-quants, IQ4_XS, F16; repack: Q4_0, Q8_0, Q2_K..Q6_K, IQ4_NL; KleidiAI: Q4_0, Q8_0).
 #: Other types never reach those kernels, so a model made only of them is never held back.
 PROBED_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q2_k", "iq4_nl", "iq4_xs")
+#: the largest verdict file read (one is a few hundred bytes); a larger one is damaged
+MAX_VERDICT_BYTES = 64 * 1024
 #: a child that takes longer than this is counted as hung (the whole probe takes ~2 s)
 CHILD_TIMEOUT_S = 120.0
 #: the command that gives a build whose kernels all work (no AMX, repacking kept)
@@ -193,28 +198,64 @@ def _verdict_path(key: str) -> Path:
     return settings().data_dir / "kernels" / f"{key}.json"
 
 
+def _parse_verdict(raw: bytes | bytearray) -> Verdict:
+    """A verdict file's contents; ValueError (or TypeError, ...) saying what is wrong."""
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    faulty, broken, how = data["faulty"], data["broken"], data.get("how", {})
+    seconds, key = data.get("seconds", 0.0), data["key"]
+    if not all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in (faulty, broken)
+    ):
+        raise ValueError("faulty and broken must be lists of type names")
+    if not isinstance(how, dict) or not all(isinstance(v, str) for v in how.values()):
+        raise ValueError("how must map type names to text")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not isinstance(key, str)
+    ):
+        raise ValueError("seconds must be a number and key a string")
+    return Verdict(
+        faulty=tuple(faulty),
+        broken=tuple(broken),
+        how={str(k): v for k, v in how.items()},
+        seconds=float(seconds),
+        key=key,
+    )
+
+
 def _load_cached(path: Path) -> Verdict | None:
+    """The verdict kept at ``path``; None when there is none or it is damaged (then removed, so
+    the probe runs again and its new verdict can take its place)."""
     try:
-        data = json.loads(path.read_text())
-        return Verdict(
-            faulty=tuple(str(t) for t in data["faulty"]),
-            broken=tuple(str(t) for t in data["broken"]),
-            how={str(k): str(v) for k, v in data.get("how", {}).items()},
-            seconds=float(data.get("seconds", 0.0)),
-            key=str(data["key"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        found = _parse_verdict(read_regular(path, MAX_VERDICT_BYTES))
+    except FileNotFoundError:
         return None
+    except RecursionError:  # json recurses once per nested array or object
+        why = "nested too deeply"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        why = exc.reason if isinstance(exc, UnusableFile) else f"{type(exc).__name__}: {exc}"
+    else:
+        return found
+    log.info("kernel verdict %s is damaged (%s); probing again", path, why[:200])
+    try:
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("could not remove %s: %s", path, exc)
+    return None
 
 
 def _save(path: Path, verdict: Verdict) -> None:
     from ...util._atomic import atomic_output
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         with atomic_output(path, force=True) as tmp:
             tmp.write_text(json.dumps(asdict(verdict), indent=1))
-    except OSError as exc:  # a read-only data folder: probe again next time, still safe
+    except (OSError, EdgeStackError) as exc:  # read-only, or a folder in the way: probe again
         log.info("could not keep the kernel probe's verdict in %s: %s", path, exc)
 
 

@@ -95,6 +95,8 @@ def llama_errors() -> Iterator[list[tuple[int, str]]]:
         yield lines
     finally:
         _captures.remove(lines)
+    # A Ctrl-C that arrived during the C call and landed in the log callback surfaces here.
+    raise_pending_interrupt()
 
 
 def reason(

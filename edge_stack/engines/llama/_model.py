@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import EngineError
-from ...formats.gguf._keys import TOKENIZER_NORMALIZER
+from ...formats.gguf._keys import TOKENIZER_NORMALIZER, TOKENIZER_SPACE_PREFIX
 from ._kernels import use_extra_bufts
 from ._lib import NativeHandle, check_file, llama_errors, reason, set_llama_logging
 from ._lib import lib as _lib
@@ -67,19 +67,26 @@ class LlamaModel(NativeHandle):
         # llama.cpp does not normalize byte-level BPE input; the converter records when the
         # Hugging Face tokenizer did (NFC), and tokenize() does it first, as transformers would.
         self._normalizer: str | None = self.metadata().get(TOKENIZER_NORMALIZER) or None
+        # SentencePiece tokenizers whose Hugging Face side puts no "▁" in front of a text that
+        # starts with a space (llama.cpp always does): that space is dropped before llama.cpp's.
+        self._space_first = self.metadata().get(TOKENIZER_SPACE_PREFIX) == "first"
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verbose: bool = False) -> LlamaModel:
-        """Check and memory-map the GGUF file at ``path``."""
+    def load(
+        cls, path: str | os.PathLike[str], *, verbose: bool = False, vocab_only: bool = False
+    ) -> LlamaModel:
+        """Check and memory-map the GGUF file at ``path``; with ``vocab_only``, read only its
+        vocabulary (for tokenizing: no weights are loaded, no context can be made on it)."""
         path = Path(path)
         summary = check_file(path, "model")
         # Before llama.cpp's first use of the kernels: a probe child may have to run.
-        extra_bufts = use_extra_bufts({t.type for t in summary.tensors}, path)
+        extra_bufts = not vocab_only and use_extra_bufts({t.type for t in summary.tensors}, path)
         lib = _lib()
         if verbose:
             set_llama_logging(True)
         params = lib.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.vocab_only = vocab_only
         params.use_extra_bufts = extra_bufts
         params.load_mode = lib.LLAMA_LOAD_MODE_MMAP  # shared pages between models and processes
         with llama_errors() as errors:
@@ -105,6 +112,8 @@ class LlamaModel(NativeHandle):
         lib = _lib()
         if self._normalizer == "NFC":
             text = unicodedata.normalize("NFC", text)
+        if self._space_first and text.startswith(" "):
+            text = text[1:]
         data = text.encode("utf-8")
         size = len(data) + 8
         for _ in range(2):

@@ -8,19 +8,25 @@ them across processes too, as llama.cpp's ``--prompt-cache`` does for one prompt
 A file holds llama.cpp's sequence state of those tokens, saved once after the first evaluation.
 Its name is a hash of everything the state depends on: edgestack's and llama.cpp's versions, the
 model and adapter files (path, size, inode, modification and change times), the adapter scale,
-the context's KV cache type, micro-batch and attention settings, and the tokens. A changed file
+the context's KV cache type, micro-batch and attention settings, its number of KV streams (one
+per stage when stages share a context), and the tokens. A changed file
 gets a new name; stale files are deleted oldest first beyond :data:`MAX_BYTES`. Only whole
 aligned micro-batches are saved (see :class:`~edge_stack.engines.llama._context.LlamaContext`), so a
 restored prefix gives bit for bit what evaluating it gives. ``EDGESTACK_NO_PROMPT_CACHE=1``
 turns it off.
 
-The cache can only cost time, never an answer. llama.cpp never reads these files: its own
+Damage to the cache can only cost time, never an answer. It is not a defence against deliberate
+edits: the data folder is trusted as the user's home is (edgestack creates its folders ``0700``),
+and someone who can write there as the user can also recompute a checksum, or change the
+programs the user runs. llama.cpp never reads these files: its own
 loader (``llama_state_seq_load_file``) aborts the process on a truncated file and trusts the
 bytes of the KV data, so flipped bits gave wrong answers. Instead a file is our own format
 (:data:`HEADER`: magic, format version, token count, the key hash, payload length, and a sha256
 of all of that plus the payload) around llama.cpp's in-memory sequence state
-(``llama_state_seq_get_data``). A restore reads the whole file into memory, checks every header
-field against what it expects and the sha256, and hands llama.cpp those same verified bytes
+(``llama_state_seq_get_data``). A restore reads the whole file into memory (a regular file
+only: anything else at that name, a FIFO say, is treated as damaged instead of blocking the
+ask), checks every header field against what it expects and the sha256, and hands llama.cpp
+those same verified bytes
 (``llama_state_seq_set_data``, which bounds every read by the buffer's length); the context
 then checks that llama.cpp consumed exactly that many bytes and holds positions ``0..n-1``. As
 the bytes checked are the bytes loaded, a file replaced meanwhile cannot slip through (files
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import EdgeStackError
 from ...util._atomic import atomic_output
+from ...util._datafile import UnusableFile, private_folder, read_regular
 
 if TYPE_CHECKING:
     from ._context import LlamaContext
@@ -63,6 +70,17 @@ _DIGEST_AT = HEADER.size - 32
 
 class _Damaged(Exception):
     """A cache file that must not be used (the message says why, for the debug log)."""
+
+
+def _remove(path: Path) -> None:
+    """Delete a damaged entry: a file, FIFO or socket; a folder in its place is left alone."""
+    try:
+        if path.is_dir():
+            logger.info("prompt cache: %s is a folder, not a cache file; move it away", path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.debug("prompt cache: %s", exc)
 
 
 def _identity(path: Path | None) -> list[object] | None:
@@ -127,6 +145,11 @@ class PromptCache:
             "flash_attn": context.flash_attn,
             "tokens": [int(t) for t in tokens],
         }
+        # llama.cpp's sequence state records how many KV streams its context has and loads
+        # only into as many: a stage on a shared context (one stream per stage) has its own file.
+        streams = getattr(context, "_n_seq", 1)
+        if streams != 1:
+            key["kv_streams"] = streams
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
 
     def path_for(self, context: LlamaContext, tokens: Sequence[int]) -> Path:
@@ -142,22 +165,18 @@ class PromptCache:
         try:
             key = self.key_for(context, tokens)
             path = self.folder / f"{key.hex()[:32]}{SUFFIX}"
-            with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size > HEADER.size + self.max_bytes:
-                    raise _Damaged(f"{size} bytes, more than the cache may hold")
-                data = bytearray(size)
-                if fh.readinto(data) != size:
-                    raise _Damaged("changed while being read")
+            # A regular file only (a FIFO here would block the ask forever), read whole.
+            data = read_regular(path, HEADER.size + self.max_bytes)
             payload = _unpack(data, key, len(tokens), self.max_bytes)
             if not context.load_prefix(payload, tokens):
                 raise _Damaged("llama.cpp refused the state")
             os.utime(path)  # recently used: pruned last
         except FileNotFoundError:
             return False
-        except _Damaged as exc:
-            logger.info("prompt cache: %s is damaged (%s); deleted, evaluating instead", path, exc)
-            path.unlink(missing_ok=True)
+        except (_Damaged, UnusableFile) as exc:
+            why = exc.reason if isinstance(exc, UnusableFile) else exc
+            logger.info("prompt cache: %s is damaged (%s); deleted, evaluating instead", path, why)
+            _remove(path)
             return False
         except OSError as exc:
             logger.debug("prompt cache: %s", exc)
@@ -187,7 +206,7 @@ class PromptCache:
                 raise OSError(f"llama.cpp could not give the state of {len(tokens)} tokens")
             if len(payload) > self.max_bytes:
                 raise OSError(f"a state of {len(payload)} bytes is more than the cache may hold")
-            self.folder.mkdir(parents=True, exist_ok=True)
+            private_folder(self.folder)
             # No fsync: a file torn by a crash fails its sha256 and is rebuilt.
             with atomic_output(path, force=True) as tmp, tmp.open("wb") as fh:
                 fh.write(_pack(key, len(tokens), payload))

@@ -48,7 +48,16 @@ def build_sampler(
         raise EngineError("llama.cpp could not create a sampler chain (out of memory?)")
     try:
         if grammar is not None:
-            # First, so every later step only sees tokens the grammar allows.
+            # First, so every later step only sees tokens the grammar allows; before it, the
+            # tokens llama.cpp's grammar engine cannot handle (see _not_utf8).
+            banned = _not_utf8(lib, vocab, n_vocab)
+            if banned:
+                biases = (lib.llama_logit_bias * len(banned))(
+                    *[lib.llama_logit_bias(tok, float("-inf")) for tok in banned]
+                )
+                lib.llama_sampler_chain_add(
+                    chain, lib.llama_sampler_init_logit_bias(n_vocab, len(banned), biases)
+                )
             smpl = _grammar_sampler(lib, vocab, grammar)
             lib.llama_sampler_chain_add(chain, smpl)
         if repeat_penalty != 1.0:
@@ -75,6 +84,36 @@ def build_sampler(
     except BaseException:
         lib.llama_sampler_free(chain)
         raise
+
+
+_not_utf8_cache: dict[int, tuple[int, ...]] = {}
+
+
+def _not_utf8(lib: Any, vocab: Any, n_vocab: int) -> tuple[int, ...]:
+    """Tokens whose text is not complete, valid UTF-8 on its own, or holds a NUL (cached).
+
+    llama.cpp's grammar engine reads such a token as an empty string, lets it through any
+    grammar, then aborts the process when it accepts it ("Unexpected empty grammar stack",
+    seen with byte tokens such as b"\\xc0@"). Under a grammar they are never sampled, so a
+    character is written with tokens that hold all of its bytes.
+    """
+    key = ctypes.cast(vocab, ctypes.c_void_p).value or 0
+    found = _not_utf8_cache.get(key)
+    if found is None:
+        buf = ctypes.create_string_buffer(256)
+        bad = []
+        for tok in range(n_vocab):
+            n = lib.llama_token_to_piece(vocab, tok, buf, len(buf), 0, False)
+            piece = buf.raw[: max(n, 0)] if n <= len(buf) else b"\xff"
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(tok)
+                continue
+            if b"\x00" in piece:  # a NUL ends llama.cpp's C string: read as empty too
+                bad.append(tok)
+        found = _not_utf8_cache[key] = tuple(bad)
+    return found
 
 
 #: grammars llama.cpp has parsed once: parsing them again prints nothing, no need to capture

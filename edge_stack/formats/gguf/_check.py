@@ -23,7 +23,14 @@ import gguf
 from ...errors import GGUFFileError, ModelFileNotFound
 from ._adapter import check_fits, check_lora_structure, lora_pairs
 from ._hparams import check_hparams
-from ._reader import FIXED_HEADER, Bad, Header, Unloadable, read_header
+from ._reader import (
+    FIXED_HEADER,
+    Bad,
+    Header,
+    Unloadable,
+    check_mapped_alignment,
+    read_header,
+)
 from ._summary import (
     GGUFSummary,
     Kind,
@@ -79,11 +86,12 @@ def _is_loadable_model(summary: GGUFSummary) -> bool:
 
 
 def _check_model(header: Header, arch: str) -> None:
-    # In llama.cpp's order: hyperparameters, vocabulary, tensors.
+    # In llama.cpp's order: hyperparameters, vocabulary, tensors; then how it maps their data.
     hparams = check_hparams(header, arch)
     n_vocab = check_vocab(header, arch)
     if hparams is not None:
         check_tensors(header.tensors, hparams, n_vocab)
+    check_mapped_alignment(header)
 
 
 def _summarize(path: Path, size: int, header: Header) -> GGUFSummary:

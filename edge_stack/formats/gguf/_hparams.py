@@ -39,8 +39,15 @@ LLAMA_MAX_EXPERTS = 1024
 GPTNEOX = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPTNEOX]
 LLAMA = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
 QWEN2 = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2]
+QWEN3 = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
+GEMMA3 = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA3]
+PHI3 = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.PHI3]
 #: architectures whose hyperparameters and tensors are checked in full (the ones edgestack writes)
-SUPPORTED = (GPTNEOX, LLAMA, QWEN2)
+SUPPORTED = (GPTNEOX, LLAMA, QWEN2, QWEN3, GEMMA3, PHI3)
+#: architectures whose head size may differ from embedding_length / head_count
+_FREE_HEAD_SIZE = (LLAMA, QWEN3, GEMMA3)
+#: architectures that rotate whole heads (rope.dimension_count == head size)
+_WHOLE_HEAD_ROPE = (LLAMA, QWEN2, QWEN3, GEMMA3)
 #: llama.cpp's LLAMA_ROPE_SCALING_TYPES (src/llama-model.cpp)
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 
@@ -93,6 +100,9 @@ _ARCH_REQUIRED: dict[str, tuple[str, ...]] = {
     GPTNEOX: (_ATT.LAYERNORM_EPS, _LLM.USE_PARALLEL_RESIDUAL),
     LLAMA: (_ATT.LAYERNORM_RMS_EPS,),
     QWEN2: (_ATT.LAYERNORM_RMS_EPS,),
+    QWEN3: (_ATT.LAYERNORM_RMS_EPS,),
+    GEMMA3: (_ATT.LAYERNORM_RMS_EPS,),
+    PHI3: (_ATT.LAYERNORM_RMS_EPS,),
 }
 _DEFAULT_ROPE_SCALING = "linear"  # what load_hparams assumes without rope.scaling.type
 
@@ -338,7 +348,7 @@ def _check_attention(
             f"({meta.key(_ATT.KEY_LENGTH)}, {meta.key(_ATT.VALUE_LENGTH)}) must be equal and at "
             f"least 1 for llama.cpp's {arch}"
         )
-    if arch != LLAMA and head_k * n_head != n_embd:
+    if arch not in _FREE_HEAD_SIZE and head_k * n_head != n_embd:
         raise Unloadable(
             f"{meta.key(_ATT.KEY_LENGTH)} {head_k} x {head_key} {n_head} is not {embd_key} "
             f"{n_embd}, which llama.cpp's {arch} requires"
@@ -363,7 +373,7 @@ def _check_attention(
 def _check_rope_dims(meta: _Meta, head: int) -> int:
     key = meta.key(_ROPE.DIMENSION_COUNT)
     n_rot = meta.uint(_ROPE.DIMENSION_COUNT, head)
-    if meta.arch in (LLAMA, QWEN2):
+    if meta.arch in _WHOLE_HEAD_ROPE:
         if n_rot != head:
             raise Unloadable(
                 f"{key} is {n_rot}, expected the head size {head}: llama.cpp's {meta.arch} "

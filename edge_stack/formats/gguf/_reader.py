@@ -23,11 +23,24 @@ import numpy as np
 
 from ._summary import ArraySummary, TensorInfo
 
-__all__ = ["Bad", "Header", "Truncated", "Unloadable", "read_header", "type_name", "wrong_type"]
+__all__ = [
+    "TENSOR_ALIGNMENT",
+    "Bad",
+    "Header",
+    "Truncated",
+    "Unloadable",
+    "check_mapped_alignment",
+    "read_header",
+    "type_name",
+    "wrong_type",
+]
 
 # ggml.h limits that gguf.cpp enforces (the gguf package has no constants for them).
 _GGML_MAX_DIMS = 4
 _GGML_MAX_NAME = 64
+#: ggml's TENSOR_ALIGNMENT (ggml/src/ggml-impl.h): llama.cpp maps a model's tensor data in place
+#: and aborts (GGML_ASSERT in ggml_backend_cpu_buffer_from_ptr) on data not aligned to it
+TENSOR_ALIGNMENT = 32
 # The smallest possible header entries, used to bound the counts the header claims.
 _MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, 1-byte key, value type, 1-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 4 + 8  # name length, 1-byte name, n_dims, type, offset
@@ -287,6 +300,28 @@ def _tensor_nbytes(name: str, shape: tuple[int, ...], raw_type: int) -> tuple[st
     if nbytes > _INT64_MAX:
         raise Bad(f"tensor '{name}' with shape {list(shape)} is impossibly large")
     return qtype.name, nbytes
+
+
+def check_mapped_alignment(header: Header) -> None:
+    """Refuse a model whose tensor data llama.cpp cannot map in place.
+
+    gguf.cpp accepts any power of two as ``general.alignment``; llama.cpp then memory-maps the
+    model and aborts the process unless each tensor's data starts at a multiple of
+    :data:`TENSOR_ALIGNMENT` bytes from the start of the file (what ``general.alignment`` 32, the
+    default, or any multiple of it guarantees).
+
+    Raises:
+        Unloadable: naming the first misaligned tensor, its offset and the alignment.
+    """
+    if header.alignment % TENSOR_ALIGNMENT == 0:
+        return
+    for tensor in header.tensors:
+        if tensor.offset % TENSOR_ALIGNMENT:
+            raise Unloadable(
+                f"tensor '{tensor.name}' starts at byte {tensor.offset}, not a multiple of "
+                f"{TENSOR_ALIGNMENT} ({gguf.Keys.General.ALIGNMENT} is {header.alignment}), so "
+                "llama.cpp aborts when it maps the file"
+            )
 
 
 def _pad(n: int, alignment: int) -> int:

@@ -1,7 +1,8 @@
 """The tensors of a model GGUF against the shapes llama.cpp's loader will ask for.
 
 For each supported architecture this lists the ``create_tensor`` calls of its
-``load_arch_tensors`` (``src/models/{gptneox,llama,qwen2}.cpp`` in llama-cpp-python 0.3.36) and the
+``load_arch_tensors`` (``src/models/{gptneox,llama,qwen2,qwen3,gemma3,phi3}.cpp`` in
+llama-cpp-python 0.3.36) and the
 generic ones of ``llama_model_base::load_tensors`` (the optional per-weight ``.scale`` and
 ``.input_scale`` tensors), with the shapes they follow from :class:`~._gguf_hparams_check.HParams`
 and the vocabulary size. llama.cpp throws on a missing required tensor, on a tensor of another
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import gguf
 
-from ._hparams import GPTNEOX, LLAMA, QWEN2, HParams
+from ._hparams import GEMMA3, GPTNEOX, LLAMA, PHI3, QWEN2, QWEN3, HParams
 from ._reader import Unloadable
 from ._summary import TensorInfo
 
@@ -90,7 +91,16 @@ class _Plan:
             self.scales(tensor, bid)
         return found
 
-    def qkv(self, i: int, n_q: Dim, n_k: Dim, n_v: Dim, *, fused_only: bool = False) -> None:
+    def qkv(
+        self,
+        i: int,
+        n_q: Dim,
+        n_k: Dim,
+        n_v: Dim,
+        *,
+        fused_only: bool = False,
+        separate_required: bool = True,
+    ) -> None:
         """create_tensor_qkv: a fused attn_qkv if the file has one, else attn_q/k/v."""
         E = self.E
         total: Dim = (f"{n_q[0]} + {n_k[0]} + {n_v[0]}", n_q[1] + n_k[1] + n_v[1])
@@ -103,7 +113,7 @@ class _Plan:
                 return
         else:
             for tensor, n in ((_T.ATTN_Q, n_q), (_T.ATTN_K, n_k), (_T.ATTN_V, n_v)):
-                self.matrix(tensor, (E, n), i)
+                self.matrix(tensor, (E, n), i, required=separate_required)
         for tensor, n in ((_T.ATTN_Q, n_q), (_T.ATTN_K, n_k), (_T.ATTN_V, n_v)):
             self.add(tensor, "bias", (n,), i, required=False)
 
@@ -188,7 +198,68 @@ def _qwen2(p: _Plan) -> None:
             p.matrix(tensor, dims, i)
 
 
-_PLANS: dict[str, Callable[[_Plan], None]] = {GPTNEOX: _gptneox, LLAMA: _llama, QWEN2: _qwen2}
+def _qwen3(p: _Plan) -> None:
+    h, E, F = p.h, p.E, p.F
+    p.embeddings(output_required=False)
+    q: Dim = ("n_head * head_dim", h.head_k * h.n_head)
+    kv: Dim = ("n_head_kv * head_dim", h.head_k * h.n_head_kv)
+    head: Dim = ("head_dim", h.head_k)
+    for i in range(h.n_layer):
+        p.add(_T.ATTN_NORM, "weight", (E,), i)
+        p.qkv(i, q, kv, kv)
+        p.matrix(_T.ATTN_OUT, (q, E), i)
+        p.add(_T.ATTN_K_NORM, "weight", (head,), i)
+        p.add(_T.ATTN_Q_NORM, "weight", (head,), i)
+        p.add(_T.FFN_NORM, "weight", (E,), i)
+        for tensor, dims in ((_T.FFN_GATE, (E, F)), (_T.FFN_DOWN, (F, E)), (_T.FFN_UP, (E, F))):
+            p.matrix(tensor, dims, i)
+
+
+def _gemma3(p: _Plan) -> None:
+    h, E, F = p.h, p.E, p.F
+    p.embeddings(output_required=False)
+    q: Dim = ("n_head * head_dim", h.head_k * h.n_head)
+    kv: Dim = ("n_head_kv * head_dim", h.head_k * h.n_head_kv)
+    head: Dim = ("head_dim", h.head_k)
+    for i in range(h.n_layer):
+        p.add(_T.ATTN_NORM, "weight", (E,), i)
+        p.qkv(i, q, kv, kv)
+        p.matrix(_T.ATTN_OUT, (q, E), i)
+        p.add(_T.ATTN_POST_NORM, "weight", (E,), i)
+        p.add(_T.ATTN_K_NORM, "weight", (head,), i)
+        p.add(_T.ATTN_Q_NORM, "weight", (head,), i)
+        p.add(_T.FFN_NORM, "weight", (E,), i)
+        for tensor, dims in ((_T.FFN_GATE, (E, F)), (_T.FFN_UP, (E, F)), (_T.FFN_DOWN, (F, E))):
+            p.matrix(tensor, dims, i)
+        p.add(_T.FFN_POST_NORM, "weight", (E,), i)
+
+
+def _phi3(p: _Plan) -> None:
+    h, E, F = p.h, p.E, p.F
+    p.embeddings(output_required=False)
+    kv: Dim = ("n_head_kv * head_dim", h.head_k * h.n_head_kv)
+    half_rot: Dim = ("rope.dimension_count / 2", h.n_rot // 2)
+    up: Dim = ("2 * n_ff", 2 * h.n_ff)
+    for i in range(h.n_layer):
+        p.add(_T.ATTN_NORM, "weight", (E,), i)
+        p.qkv(i, E, kv, kv, separate_required=False)
+        p.matrix(_T.ATTN_OUT, (E, E), i)
+        p.add(_T.FFN_NORM, "weight", (E,), i)
+        p.matrix(_T.FFN_DOWN, (F, E), i)
+        p.matrix(_T.FFN_UP, (E, up), i)
+        if i == 0:  # one tensor shared by all blocks
+            p.add(_T.ROPE_FACTORS_LONG, "weight", (half_rot,), required=False)
+            p.add(_T.ROPE_FACTORS_SHORT, "weight", (half_rot,), required=False)
+
+
+_PLANS: dict[str, Callable[[_Plan], None]] = {
+    GPTNEOX: _gptneox,
+    LLAMA: _llama,
+    QWEN2: _qwen2,
+    QWEN3: _qwen3,
+    GEMMA3: _gemma3,
+    PHI3: _phi3,
+}
 
 
 def _padded(shape: tuple[int, ...]) -> tuple[int, ...]:

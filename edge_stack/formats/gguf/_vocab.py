@@ -4,9 +4,13 @@ llama.cpp (``src/llama-vocab.cpp`` in llama-cpp-python 0.3.36) aborts the proces
 ``GGML_ASSERT(id_to_token.size() == token_to_id.size())`` when two tokens have the same text
 (empty texts count as ``[EMPTY_<id>]``). A SentencePiece vocabulary without a token for every byte
 crashes the first tokenization that falls back to bytes (``unordered_map::at`` thrown through the
-C API); a BYTE token in a WordPiece vocabulary aborts when turned into text. It refuses the file
-(a clean error) on a missing or mistyped token list, a short scores or token-type array, missing
-BPE merges and BYTE tokens not spelled ``<0xHH>``. Special token ids out of range and malformed
+C API); a BYTE token in a WordPiece vocabulary aborts when turned into text. It reads token texts
+as C strings, so a text with a NUL byte is cut there (``a\\0b`` becomes ``a``: a duplicate, and the
+same abort). A model without a vocabulary (``tokenizer.ggml.model`` ``none``/``no_vocab``) loads,
+then aborts on its first tokenization. It refuses the file (a clean error, though its C API
+gives no reason) on an unknown ``tokenizer.ggml.pre`` for a BPE vocabulary, a missing or
+mistyped token list, a short scores or token-type array, missing BPE merges and BYTE tokens not
+spelled ``<0xHH>``. Special token ids out of range and malformed
 merges it accepts silently, with wrong tokens as the result; they are refused here too.
 
 Everything runs on whole arrays (sets, numpy) so a 150k-token vocabulary costs milliseconds.
@@ -14,12 +18,14 @@ Everything runs on whole arrays (sets, numpy) so a 150k-token vocabulary costs m
 
 from __future__ import annotations
 
+import difflib
 import re
 from itertools import repeat
 
 import gguf
 import numpy as np
 
+from ._pretypes import LLAMA_PRE_TYPES
 from ._reader import Header, Unloadable, type_name, wrong_type
 
 __all__ = ["check_vocab"]
@@ -95,8 +101,10 @@ def _check_types(header: Header) -> None:
 def check_vocab(header: Header, arch: str) -> int:
     """Check the vocabulary llama.cpp would build; return its size (``n_vocab``).
 
-    Checks: ``tokenizer.ggml.model`` one of :data:`TOKENIZER_MODELS`; a non-empty list of unique
-    token texts; ``scores`` (float32 or int32) and ``token_type`` (int32, values 0 to 6) with
+    Checks: ``tokenizer.ggml.model`` one of :data:`TOKENIZER_MODELS` with a vocabulary (not
+    ``none``/``no_vocab``); for a BPE vocabulary a ``tokenizer.ggml.pre`` llama.cpp knows
+    (:data:`~._pretypes.LLAMA_PRE_TYPES`); a non-empty list of unique token texts without NUL
+    bytes; ``scores`` (float32 or int32) and ``token_type`` (int32, values 0 to 6) with
     exactly one entry per token; BYTE tokens spelled ``<0xHH>`` (none in a WordPiece vocabulary);
     every special token id a uint32 below the token count; BPE merges present, each two known
     tokens separated by one space; a SentencePiece vocabulary with a token for each of the 256
@@ -115,10 +123,16 @@ def check_vocab(header: Header, arch: str) -> int:
             f"{', '.join(TOKENIZER_MODELS)})"
         )
     if model in _NO_VOCAB:
-        size = header.metadata.get(gguf.Keys.LLM.VOCAB_SIZE.format(arch=arch), 0)
-        assert isinstance(size, int)  # a uint32, checked with the hyperparameters
-        return size
+        # llama.cpp loads it, then aborts (GGML_ASSERT type != LLAMA_VOCAB_TYPE_NONE) on the first
+        # tokenization; edgestack tokenizes every prompt.
+        raise Unloadable(
+            f"{_TOK.MODEL} is {model!r}: the model has no vocabulary, so it cannot tokenize a "
+            "prompt (llama.cpp aborts the process on the first one)"
+        )
+    if model in _BPE_MERGES_OPTIONAL:  # the BPE models whose pre-tokenizer llama.cpp reads
+        _check_pre(header, model)
     tokens = _token_list(header)
+    _check_no_nul(tokens)
     unique = set(tokens)
     _check_unique(tokens, unique)
     _check_scores_and_types(header, tokens, model)
@@ -127,7 +141,65 @@ def check_vocab(header: Header, arch: str) -> int:
         _check_merges(header, unique, model)
     if model == _SPM:
         _check_byte_tokens(unique)
+    _check_named_tokens(header, unique)
     return len(tokens)
+
+
+#: general.name parts for which llama.cpp looks tokens up with unordered_map::at (an uncaught
+#: exception: the load fails) to set their attributes (llama_vocab::impl::load, 0.3.36)
+NAME_TOKEN_RULES: tuple[tuple[tuple[str, ...], tuple[bytes, ...]], ...] = (
+    (("phi-3", "phi3"), (b"</s>", b"<unk>", b"<s>", b"<|endoftext|>")),
+)
+
+
+def _check_named_tokens(header: Header, unique: set[bytes]) -> None:
+    name = header.metadata.get(gguf.Keys.General.NAME)
+    if not isinstance(name, str):
+        return
+    lowered = name.lower()
+    for parts, needed in NAME_TOKEN_RULES:
+        if any(p in lowered for p in parts):
+            missing = [t.decode() for t in needed if t not in unique]
+            if missing:
+                raise Unloadable(
+                    f"{gguf.Keys.General.NAME} {name!r} makes llama.cpp look up token "
+                    f"{missing[0]!r}, which {_TOK.LIST} lacks (llama.cpp fails to load it); "
+                    "rename the model"
+                )
+
+
+def _shown(text: str | bytes, limit: int = 40) -> str:
+    """A metadata value quoted for a one-line message: ASCII repr, at most ``limit`` characters."""
+    shown = ascii(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def _check_pre(header: Header, model: object) -> None:
+    pre = header.metadata.get(_TOK.PRE)
+    if not isinstance(pre, str):
+        return  # absent (llama.cpp uses 'default'); a wrong type is refused with the types
+    seen = pre.split("\0", 1)[0]  # llama.cpp reads it as a C string
+    if not seen or seen in LLAMA_PRE_TYPES:
+        return
+    close = difflib.get_close_matches(seen.lower(), LLAMA_PRE_TYPES, n=1)
+    hint = f", e.g. {close[0]!r}" if close else ""
+    raise Unloadable(
+        f"{_TOK.PRE} is {_shown(seen)}, not one of the {len(LLAMA_PRE_TYPES)} pre-tokenizer "
+        f"types llama.cpp knows for a BPE vocabulary ({model}){hint} (llama.cpp fails to load "
+        "it without saying why)"
+    )
+
+
+def _check_no_nul(tokens: list[bytes]) -> None:
+    if b"\0" not in b"".join(tokens):
+        return
+    i = next(i for i, text in enumerate(tokens) if b"\0" in text)
+    cut = tokens[i].split(b"\0", 1)[0]
+    raise Unloadable(
+        f"token {i} of {_TOK.LIST} holds a NUL byte, but llama.cpp reads token texts as C "
+        f"strings: it would cut it to {_shown(cut) if cut else 'nothing'} (aborting the process "
+        "when another token reads the same)"
+    )
 
 
 def _token_list(header: Header) -> list[bytes]:

@@ -32,6 +32,21 @@ class Limits(NamedTuple):
     chain: int
 
 
+class Analysis(NamedTuple):
+    """What :func:`check_rules` found, for the per-character check (:mod:`._advance`)."""
+
+    #: the most alternatives open at one point
+    widest: int
+    #: each rule's alternatives, without ALT/END
+    alts: list[list[list[Element]]]
+    #: whether each rule can match nothing
+    nullable: list[bool]
+    #: the stacks llama.cpp makes at a reference to each rule
+    stacks: list[int]
+    #: rules, each after the rules it can start with
+    order: list[int]
+
+
 def rule_name(name: str) -> str:
     """The user's name of a rule (a group's or repetition's rule is named after its rule)."""
     base = name.split("_", 1)[0]  # user names cannot contain '_'; generated ones are "<rule>_<id>"
@@ -46,8 +61,8 @@ def check_rules(
     fail: Fail,
     *,
     limits: Limits,
-) -> int:
-    """Check the rules llama.cpp will run; return the most alternatives weighed at one point.
+) -> Analysis:
+    """Check the rules llama.cpp will run; return what the per-character check needs.
 
     ``names[id]`` is each rule's name, ``first_use``/``defined`` where it is first named and
     where its definition starts (indexes into the text, for messages).
@@ -69,7 +84,8 @@ def check_rules(
     nullable = _nullable(alts)
     order = _leftmost_order(alts, nullable, names, defined, fail)
     _check_chains(alts, nullable, order, names, defined, fail, limits.chain)
-    return _fan_out(alts, nullable, order, names, defined, fail, limits)
+    open_, stacks = _fan_out(alts, nullable, order, names, defined, fail, limits)
+    return Analysis(open_, alts, nullable, stacks, order)
 
 
 def _alternatives(rule: list[Element]) -> list[list[Element]]:
@@ -194,8 +210,9 @@ def _fan_out(
     defined: dict[int, int],
     fail: Fail,
     limits: Limits,
-) -> int:
-    """The most parse stacks llama.cpp makes in one step; refuse more than ``limits``.
+) -> tuple[int, list[int]]:
+    """The most parse stacks llama.cpp makes in one step, and those it makes at a reference to
+    each rule (``stacks[rule]``); refuse more than ``limits``.
 
     At a reference to rule R llama.cpp makes one stack per way of reaching a character through
     R's alternatives and the rules they start with (``stacks[R]``), each holding one entry per
@@ -251,4 +268,4 @@ def _fan_out(
             "times the alternatives at its end)",
             "shorten the chain of rules or reduce the alternatives at its end",
         )
-    return n
+    return n, stacks

@@ -33,6 +33,7 @@ __all__ = ["LLAMA_MAX_REPETITIONS", "Parser", "error_at", "escaped", "position"]
 LLAMA_MAX_REPETITIONS = 2000
 _MAX_TOKEN_ID = 0xFFFFFFFF  # llama.cpp refuses <[id]> above uint32
 _MAX_CODE_POINT = 0x10FFFF
+_SURROGATES = (0xD800, 0xDFFF)  # UTF-16 halves: code points no UTF-8 text holds
 _SPACE = re.compile(r"(?:[ \t]+|#[^\r\n]*)*")
 _SPACE_NL = re.compile(r"(?:[ \t\r\n]+|#[^\r\n]*)*")
 _NAME = re.compile(r"[a-zA-Z0-9-]+")
@@ -257,6 +258,15 @@ class Parser:
                     index,
                     f"expected a character up to \\U0010ffff, found \\U{cp:08x}",
                     "use a Unicode code point",
+                )
+            if _SURROGATES[0] <= cp <= _SURROGATES[1]:
+                # No valid UTF-8 encodes one: llama.cpp would match (and generate) invalid bytes.
+                raise self.fail(
+                    index,
+                    f"expected a Unicode character, found the UTF-16 surrogate \\u{cp:04x}, "
+                    "which is not one and has no valid UTF-8",
+                    "write the character itself or its code point, e.g. \\U0001f600, not the "
+                    "pair \\ud83d\\ude00",
                 )
             return cp, index + 2 + size
         if kind in _ESCAPES:

@@ -15,15 +15,23 @@ does and refuses, with a line and a column, what llama.cpp would refuse and what
 - more than :data:`MAX_ALTERNATIVES` alternatives open at one point (counted through the rules
   they start with), more than :data:`MAX_STACK_ENTRIES` parse-stack entries built in one step, a
   chain of more than :data:`MAX_CHAIN` rules each starting with the next;
+- more than :data:`MAX_STACKS_PER_CHAR` parse stacks built per generated character (the stacks
+  open at one point, each going on past every following item that can match nothing:
+  ``[a-z]* [a-z]* ...``), and recursion that leaves an optional item behind at each level
+  (:mod:`edge_stack.formats.grammar._advance`);
 - llama.cpp's own refusals: syntax, unknown escapes, undefined rules, no ``root``, left
   recursion, more than :data:`MAX_REPETITIONS` repetitions;
 - what llama.cpp accepts but cannot run: a reversed range, a class or string only U+0000 could
-  match, a repetition whose maximum is below its minimum.
+  match, a repetition whose maximum is below its minimum, a UTF-16 surrogate (``\\uD800``: no
+  UTF-8 text has one, so what matches it is invalid UTF-8).
 
 The worst grammars these limits let through take llama.cpp at most 16 ms to parse and to build
 its first parse stacks (measured: 1,024 alternatives under a 63-rule chain 16 ms, 240,000
 elements from repetitions 12 ms, 128 KiB of text 8 ms, a 255-rule chain 1 ms). Each sampled
-token then costs llama.cpp about (open alternatives) x (vocabulary size) character matches.
+token then costs llama.cpp about (open alternatives) x (vocabulary size) character matches, plus
+the parse stacks it builds per character: the worst grammars the limits let through cost 40 ms
+per token on average (80 ms for the slowest) with the bundled stack (CPU time;
+benchmarks/grammar_cost.py), where 400 x ``[a-z]*`` took 25 s.
 
 The parser is :mod:`edge_stack.formats.grammar._parse`, the rule checks (undefined rules, ``root``, left
 recursion, fan-out) :mod:`edge_stack.formats.grammar._graph`. Error messages name a line and column and at
@@ -36,6 +44,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ...errors import GrammarError
+from ._advance import check_per_char
 from ._graph import Limits, check_rules
 from ._parse import LLAMA_MAX_REPETITIONS, Parser, error_at, escaped, position
 
@@ -47,6 +56,7 @@ __all__ = [
     "MAX_NESTING_DEPTH",
     "MAX_REPETITIONS",
     "MAX_RULES",
+    "MAX_STACKS_PER_CHAR",
     "MAX_STACK_ENTRIES",
     "GrammarInfo",
     "TokenRef",
@@ -70,6 +80,10 @@ MAX_STACK_ENTRIES = 64 * 1024
 MAX_CHAIN = 256
 #: llama.cpp's own limit on repetitions of one item (and of nested ones multiplied)
 MAX_REPETITIONS = LLAMA_MAX_REPETITIONS
+#: most parse stacks llama.cpp may build for one generated character: at any point of the
+#: grammar, the stacks each stack open there makes when it moves past a character, summed
+#: (:mod:`._advance`); 43 x ``[a-z]*`` in a row make 990, a list of 1,024 words 1,024
+MAX_STACKS_PER_CHAR = 1024
 
 _LIMITS = Limits(MAX_ALTERNATIVES, MAX_STACK_ENTRIES, MAX_CHAIN)
 
@@ -166,14 +180,11 @@ def _validate(text: str, name: str) -> GrammarInfo:
         max_elements=MAX_ELEMENTS,
     )
     parser.parse()
-    fan_out = check_rules(
-        parser.rules,
-        list(parser.symbols),
-        parser.first_use,
-        parser.defined,
-        parser.fail,
-        limits=_LIMITS,
+    names = list(parser.symbols)
+    found = check_rules(
+        parser.rules, names, parser.first_use, parser.defined, parser.fail, limits=_LIMITS
     )
+    check_per_char(found, names, parser.defined, parser.fail, MAX_STACKS_PER_CHAR)
     elements = sum(len(rule) for rule in parser.rules if rule is not None)
     if elements > MAX_ELEMENTS:
         raise parser.fail(
@@ -185,4 +196,4 @@ def _validate(text: str, name: str) -> GrammarInfo:
         TokenRef(*position(text, at), token_id, token_text, negated)
         for at, token_id, token_text, negated in parser.tokens
     )
-    return GrammarInfo(len(parser.symbols), elements, fan_out, tokens)
+    return GrammarInfo(len(parser.symbols), elements, found.widest, tokens)

@@ -1,0 +1,242 @@
+"""Small devices: one context per base, low-memory mode, right-sized contexts and the planner.
+
+    python benchmarks/small_devices.py [--rounds 3] [--questions 8] [--json]
+
+The Pythia-160M-shaped Q8_0 stack of benchmarks/_common.py (four rank-16 LoRA stages, f16 KV
+cache, prompts starting with the same ~200-token instruction, 16 tokens per stage), with its
+contexts sized by edgestack (no n_ctx in stack.toml), held four ways, each in a fresh process,
+taking turns round by round:
+
+- ``one``: a one-stage stack (its first stage), the reference "one stage";
+- ``separate``: memory = "separate", one context per stage (edgestack before one context per
+  base);
+- ``shared``: memory = "shared" (the default), one context for the four stages;
+- ``low``: memory = "low", only the running stage's context.
+
+Each process asks one question to warm up (the fixed prompt starts are then cached, in memory
+and on disk), then ``--questions`` more, and reports: PSS growth over the process before
+loading (after importing edgestack and llama.cpp; as benchmarks/memory.py), the peak PSS growth
+(sampled every 5 ms while asking), seconds per question (median) and the answers. Goals:
+shared / one <= 1.15 (PSS), shared / separate <= 1.03 (seconds per question), low peak /
+one peak <= 1.1, answers identical in every mode. The planner's estimate (edgestack plan) of
+each mode is compared with its measured PSS (goal: within 10%).
+
+A last process measures what an adapter switch costs llama.cpp (its graph is planned again):
+the time of a one-token decode right after another sequence's adapter was set, minus the time
+of the same decode without a switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+MODES = ("one", "separate", "shared", "low")
+
+
+def stacks() -> dict[str, Path]:
+    """The benchmark stack with contexts sized by edgestack, and its first stage alone."""
+    full = c.stack_160m()
+    text = "\n".join(line for line in full.read_text().splitlines() if not line.startswith("n_ctx"))
+    auto = full.parent / "stack-16-auto-f16.toml"
+    cut = text.index("[[stages]]", text.index("[[stages]]") + 1)
+    one = full.parent / "stack-one-auto-f16.toml"
+    for path, body in ((auto, text + "\n"), (one, text[:cut])):
+        if not path.exists() or path.read_text() != body:
+            path.write_text(body)
+    return {"four": auto, "one": one}
+
+
+class PeakPss:
+    """The highest PSS seen while running, sampled every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.005) -> None:
+        self.every = every
+        self.peak = c.pss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, c.pss_mb())
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, c.pss_mb())
+
+
+def run_mode(mode: str, threads: int, questions: int) -> dict[str, Any]:
+    from edge_stack import Stack
+    from edge_stack.engines.llama._lib import lib
+
+    lib()
+    paths = stacks()
+    path = paths["one"] if mode == "one" else paths["four"]
+    memory = None if mode == "one" else mode
+    before = c.pss_mb()
+    with PeakPss() as peak, Stack.load(path, threads=threads, memory=memory) as stack:
+        stack.ask(c.QUESTIONS[-1])  # warm-up: fixed prompt starts cached
+        seconds, answers = [], []
+        for q in c.QUESTIONS[:questions]:
+            t = time.perf_counter()
+            answer = stack.ask(q)
+            seconds.append(time.perf_counter() - t)
+            answers.append([s.output for s in answer.stages])
+        pss = c.pss_mb() - before
+        n_ctx = dict(getattr(stack._backend, "n_ctx", {}))
+        switches = getattr(stack._backend, "adapter_switches", 0)
+    return {
+        "pss_mb": pss,
+        "peak_pss_mb": peak.peak - before,
+        "seconds_per_question": statistics.median(seconds),
+        "answers": answers,
+        "n_ctx": n_ctx,
+        "adapter_switches": switches,
+    }
+
+
+def planned(mode: str) -> float:
+    """The planner's estimate of ``mode`` in MB, without the process's own part (as measured)."""
+    from edge_stack.manifest import load_manifest
+    from edge_stack.tools._devices import parse_device
+    from edge_stack.tools._plan import plan_stack
+
+    paths = stacks()
+    spec = load_manifest(paths["one"] if mode == "one" else paths["four"])
+    memory = "shared" if mode == "one" else mode
+    plan = plan_stack(spec, parse_device("8GB", bandwidth=1e10), memory=memory)
+    return plan.estimate.stack_bytes / 1024**2  # MiB, as pss_mb
+
+
+def switch_cost(threads: int, repeat: int = 40) -> dict[str, float]:
+    """Milliseconds a one-token decode takes after an adapter switch, and without one."""
+    from edge_stack.engines.llama._lib import lib
+    from edge_stack.engines.llama._model import LlamaModel
+    from edge_stack.engines.llama._shared import SharedContext
+
+    lib()
+    root = c.OUT / "stack160m"
+    with LlamaModel.load(root / "base.q8_0.gguf") as model:
+        shared = SharedContext(model, n_ctx=512, n_seq=2, n_threads=threads)
+        views = [shared.sequence(lora=c.stage_lora(n)) for n in c.STAGES[:2]]
+        prompt = model.tokenize(c.INSTRUCTION, add_bos=False, special=False)[:33]
+        for v in views:
+            list(v.generate(prompt, max_tokens=1))
+        timings: dict[str, list[float]] = {"switch": [], "same": []}
+        for i in range(repeat):
+            for kind, view in (("same", views[i % 2]), ("switch", views[(i + 1) % 2])):
+                if kind == "same":
+                    list(view.generate(prompt, max_tokens=1))  # its adapter is now set
+                t = time.perf_counter()
+                list(view.generate(prompt, max_tokens=1))  # the last prompt token again
+                timings[kind].append(time.perf_counter() - t)
+        shared.close()
+    same = statistics.median(timings["same"]) * 1e3
+    switch = statistics.median(timings["switch"]) * 1e3
+    return {"same_ms": same, "switch_ms": switch, "cost_ms": switch - same}
+
+
+def measure(rounds: int, threads: int, questions: int) -> dict[str, Any]:
+    stacks()
+    got: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for _ in range(rounds):
+        for mode in MODES:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--threads",
+                str(threads),
+                "--questions",
+                str(questions),
+            ]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            got[mode].append(json.loads(out.strip().splitlines()[-1]))
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(r[key] for r in got[mode])
+
+    cmd = [sys.executable, __file__, "--mode", "switch", "--threads", str(threads)]
+    switch = json.loads(
+        subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+    )
+    reference = got["separate"][0]["answers"]
+    four_answers = [r["answers"] == reference for m in ("shared", "low") for r in got[m]]
+    plan = {m: planned(m) for m in MODES}
+    return {
+        "pss_mb": {m: c.median_min_max([r["pss_mb"] for r in got[m]]) for m in MODES},
+        "peak_pss_mb": {m: c.median_min_max([r["peak_pss_mb"] for r in got[m]]) for m in MODES},
+        "seconds_per_question": {
+            m: c.median_min_max([r["seconds_per_question"] for r in got[m]]) for m in MODES
+        },
+        "n_ctx": got["shared"][0]["n_ctx"],
+        "adapter_switches_per_question": got["shared"][0]["adapter_switches"] / (questions + 1),
+        "shared_vs_one": med("shared", "pss_mb") / med("one", "pss_mb"),
+        "separate_vs_one": med("separate", "pss_mb") / med("one", "pss_mb"),
+        "low_peak_vs_one_peak": med("low", "peak_pss_mb") / med("one", "peak_pss_mb"),
+        "shared_vs_separate_seconds": med("shared", "seconds_per_question")
+        / med("separate", "seconds_per_question"),
+        "low_vs_shared_seconds": med("low", "seconds_per_question")
+        / med("shared", "seconds_per_question"),
+        "same_answers": all(four_answers),
+        "plan_mb": plan,
+        "plan_vs_measured": {
+            m: plan[m] / med(m, "peak_pss_mb" if m == "low" else "pss_mb") for m in MODES
+        },
+        "switch": switch,
+        "machine": c.machine(),
+    }
+
+
+def main() -> None:
+    parser = c.arg_parser(__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--mode", choices=[*MODES, "switch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode == "switch":
+        print(json.dumps(switch_cost(args.threads)))
+        return
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, args.threads, args.questions)))
+        return
+    r = measure(args.rounds, args.threads, args.questions)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    for m in MODES:
+        print(
+            f"{m:<9} PSS {r['pss_mb'][m]['median']:6.1f} MB, peak {r['peak_pss_mb'][m]['median']:6.1f}"
+            f" MB, {r['seconds_per_question'][m]['median']:.3f} s/question, plan "
+            f"{r['plan_mb'][m]:.1f} MB ({r['plan_vs_measured'][m]:.3f}x measured)"
+        )
+    print(f"n_ctx by stage: {r['n_ctx']}; answers identical in every mode: {r['same_answers']}")
+    print(c.ratio_line("PSS shared / one stage", r["shared_vs_one"], "<= 1.15"))
+    print(c.ratio_line("PSS separate / one stage (before)", r["separate_vs_one"], "report"))
+    print(c.ratio_line("peak PSS low / one stage", r["low_peak_vs_one_peak"], "<= 1.1"))
+    print(c.ratio_line("s/question shared / separate", r["shared_vs_separate_seconds"], "<= 1.03"))
+    print(c.ratio_line("s/question low / shared", r["low_vs_shared_seconds"], "report"))
+    s = r["switch"]
+    print(
+        f"adapter switch: {s['cost_ms']:.2f} ms ({s['switch_ms']:.2f} vs {s['same_ms']:.2f} ms "
+        f"per one-token decode), {r['adapter_switches_per_question']:.1f} switches per question"
+    )
+
+
+if __name__ == "__main__":
+    main()

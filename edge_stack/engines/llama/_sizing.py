@@ -1,0 +1,68 @@
+"""How many tokens a stage's context needs: the default ``n_ctx`` of a stage that sets none.
+
+A stage's prompt is its template's own text plus what fills its placeholders: the question (at
+most the stack's ``max_question_tokens``) and earlier stages' outputs (each at most that stage's
+``max_tokens`` generated tokens). Add the stage's own ``max_tokens`` and the context can never
+overflow for a question within the limit. The sum is rounded up to :data:`N_CTX_STEP`, the size
+llama.cpp rounds every KV cache stream up to anyway (``GGML_PAD(n_ctx_seq, 256)`` in
+``src/llama-context.cpp``), so the rounding costs no memory. An explicit ``n_ctx`` always wins.
+
+A value's tokens can differ slightly inside the prompt from on their own (it may merge with the
+template's text next to it, and a stage's output is tokenized again from its text):
+:data:`PLACEHOLDER_SLACK` tokens per placeholder cover that; past it, the context rule still
+holds (the ask fails with :class:`~edge_stack.errors.ContextOverflowError` naming the stage).
+
+Pure arithmetic: the engine counts the template's tokens with the model loaded, the planner
+(``edgestack plan``) with only its vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from ...formats._template import Field, Rendered, Template, render
+from ...util._limits import MAX_N_CTX
+
+__all__ = [
+    "N_CTX_STEP",
+    "PLACEHOLDER_SLACK",
+    "fixed_tokens",
+    "round_n_ctx",
+    "stage_need",
+]
+
+#: llama.cpp's granularity: every KV cache stream holds a multiple of this many cells
+N_CTX_STEP = 256
+#: extra tokens allowed per placeholder (merges at its edges, an output tokenized again)
+PLACEHOLDER_SLACK = 2
+
+
+def round_n_ctx(tokens: int) -> int:
+    """``tokens`` rounded up to llama.cpp's granularity (at least one step, at most MAX_N_CTX)."""
+    steps = max(1, -(-tokens // N_CTX_STEP))
+    return min(steps * N_CTX_STEP, MAX_N_CTX)
+
+
+def fixed_tokens(template: Template, tokenize: Callable[[Rendered], list[int]]) -> int:
+    """Tokens of the template's own text, BOS included (``tokenize`` is the stage's)."""
+    empty = {part.name: "" for part in template.parts if isinstance(part, Field)}
+    return len(tokenize(render(template, empty)))
+
+
+def stage_need(
+    template: Template,
+    *,
+    fixed: int,
+    max_tokens: int,
+    max_question_tokens: int,
+    output_tokens: Mapping[str, int],
+) -> int:
+    """Tokens a stage can need: its template's ``fixed`` tokens, each placeholder at its limit
+    (``{question}``: ``max_question_tokens``; ``{stage}``: ``output_tokens[stage]``, that stage's
+    max_tokens) plus :data:`PLACEHOLDER_SLACK`, and its own ``max_tokens``."""
+    need = fixed + max_tokens
+    for part in template.parts:
+        if isinstance(part, Field):
+            limit = max_question_tokens if part.name == "question" else output_tokens[part.name]
+            need += limit + PLACEHOLDER_SLACK
+    return need
