@@ -4,8 +4,9 @@
 
 The Pythia-160M-shaped Q8_0 stack of benchmarks/_common.py (four rank-16 LoRA stages, f16 KV
 cache, prompts starting with the same ~200-token instruction, 16 tokens per stage), with its
-contexts sized by edgestack (no n_ctx in stack.toml), held four ways, each in a fresh process,
-taking turns round by round:
+contexts sized by edgestack (no n_ctx in stack.toml) and its files copied to
+benchmarks/out/small-devices/ (no other process maps them), held four ways, each in a fresh
+process, taking turns round by round:
 
 - ``one``: a one-stage stack (its first stage), the reference "one stage";
 - ``separate``: memory = "separate", one context per stage (edgestack before one context per
@@ -44,12 +45,24 @@ MODES = ("one", "separate", "shared", "low")
 
 
 def stacks() -> dict[str, Path]:
-    """The benchmark stack with contexts sized by edgestack, and its first stage alone."""
+    """The benchmark stack with contexts sized by edgestack, and its first stage alone.
+
+    The GGUF files are copies of benchmarks/out/stack160m's, private to this script: PSS divides
+    a page among the processes that map it, and other benchmarks may map those files."""
+    import shutil
+
     full = c.stack_160m()
+    root = c.OUT / "small-devices"
+    root.mkdir(exist_ok=True)
+    for src in full.parent.glob("*.gguf"):
+        dst = root / src.name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            shutil.copyfile(src, root / f".{src.name}.tmp")
+            (root / f".{src.name}.tmp").rename(dst)
     text = "\n".join(line for line in full.read_text().splitlines() if not line.startswith("n_ctx"))
-    auto = full.parent / "stack-16-auto-f16.toml"
+    auto = root / "stack-16-auto-f16.toml"
     cut = text.index("[[stages]]", text.index("[[stages]]") + 1)
-    one = full.parent / "stack-one-auto-f16.toml"
+    one = root / "stack-one-auto-f16.toml"
     for path, body in ((auto, text + "\n"), (one, text[:cut])):
         if not path.exists() or path.read_text() != body:
             path.write_text(body)
@@ -129,10 +142,10 @@ def switch_cost(threads: int, repeat: int = 40) -> dict[str, float]:
     from edge_stack.engines.llama._shared import SharedContext
 
     lib()
-    root = c.OUT / "stack160m"
+    root = stacks()["four"].parent
     with LlamaModel.load(root / "base.q8_0.gguf") as model:
         shared = SharedContext(model, n_ctx=512, n_seq=2, n_threads=threads)
-        views = [shared.sequence(lora=c.stage_lora(n)) for n in c.STAGES[:2]]
+        views = [shared.sequence(lora=root / f"{n}.lora.gguf") for n in c.STAGES[:2]]
         prompt = model.tokenize(c.INSTRUCTION, add_bos=False, special=False)[:33]
         for v in views:
             list(v.generate(prompt, max_tokens=1))
@@ -167,6 +180,8 @@ def measure(rounds: int, threads: int, questions: int) -> dict[str, Any]:
             ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             got[mode].append(json.loads(out.strip().splitlines()[-1]))
+            shown = {k: v for k, v in got[mode][-1].items() if k != "answers"}
+            print(f"{mode}: {json.dumps(shown)}", file=sys.stderr, flush=True)
 
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in got[mode])

@@ -62,7 +62,12 @@ from .util._hubref import (
 )
 from .util._limits import MAX_DRAFT, MAX_N_CTX
 from .util._paths import resolved_manifest
-from .util._pkgref import installed_package_file, is_package_file, parse_package_file
+from .util._pkgref import (
+    installed_package_file,
+    is_package_file,
+    not_installed_path,
+    parse_package_file,
+)
 from .util._toml import read_toml
 
 __all__ = [
@@ -531,7 +536,7 @@ def _package_file(value: str, where: _Where, *, stage: str, key: str, check: boo
         if check:
             raise where.missing(str(exc), stage=stage, key=key) from None
     # Not installed and not needed now (inspect): a path that says so and does not exist.
-    return Path(f"/not-installed/{ref.dist}/{ref.path}")
+    return not_installed_path(ref)
 
 
 def _resolve_file(

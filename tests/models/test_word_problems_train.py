@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -18,9 +19,18 @@ pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore::FutureWarni
 
 
 def _load(name: str) -> ModuleType:
+    """A script of models/word-problems, under a name of its own: models/smollm2-word-problems
+    has a train.py too, and both folders go on sys.path for the scripts' own imports."""
     if str(WP_DIR) not in sys.path:
         sys.path.insert(0, str(WP_DIR))
-    return importlib.import_module(name)
+    key = f"word_problems_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, WP_DIR / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ import pytest
 from edge_stack import Stack
 from edge_stack.engines.llama._engine import Engine
 from edge_stack.engines.llama._sizing import (
+    CONTEXT_BYTES,
     PLACEHOLDER_SLACK,
     fixed_tokens,
+    group_by_size,
+    kv_cell_bytes,
     round_n_ctx,
     stage_need,
 )
@@ -55,6 +58,44 @@ def test_stage_need(
         output_tokens=outputs,
     )
     assert got == need
+
+
+PYTHIA_CELL = kv_cell_bytes(12, 768, 768, "f16")  # 36,864 bytes
+
+
+@pytest.mark.parametrize(
+    ("cells", "cell_bytes", "groups"),
+    [
+        # Pythia-160M f16: a 256-cell stage among 512-cell ones saves 9.4 MB of KV cache alone,
+        # more than a context of its own costs
+        (
+            [("extract", 512), ("plan", 512), ("compute", 256), ("answer", 512)],
+            PYTHIA_CELL,
+            [["extract", "plan", "answer"], ["compute"]],
+        ),
+        # a tiny model: the saving is below CONTEXT_BYTES, so all share
+        ([("a", 256), ("b", 512), ("c", 256)], 1024, [["a", "b", "c"]]),
+        ([("a", 512), ("b", 512)], PYTHIA_CELL, [["a", "b"]]),
+        ([("only", 768)], PYTHIA_CELL, [["only"]]),
+        # two sizes, two of each: two shared contexts
+        (
+            [("a", 256), ("b", 1024), ("c", 256), ("d", 1024)],
+            PYTHIA_CELL,
+            [["a", "c"], ["b", "d"]],
+        ),
+    ],
+)
+def test_group_by_size(
+    cells: list[tuple[str, int]], cell_bytes: float, groups: list[list[str]]
+) -> None:
+    assert group_by_size(cells, cell_bytes) == groups
+
+    # never worse than one context for all
+    def cost(gs: list[list[str]]) -> float:
+        size = dict(cells)
+        return sum(len(g) * max(size[n] for n in g) * cell_bytes + CONTEXT_BYTES for g in gs)
+
+    assert cost(groups) <= cost([[n for n, _ in cells]])
 
 
 def test_fixed_tokens_counts_the_template_text_only() -> None:

@@ -40,6 +40,7 @@ from ._runner import (
     stage_specials,
     stage_tokenizer,
 )
+from ._sizing import group_by_size, kv_cell_bytes, round_n_ctx
 
 if TYPE_CHECKING:
     from ._context import LlamaContext
@@ -83,8 +84,8 @@ class Engine:
         self.runners: dict[str, LlamaRunner] = {}
         #: each stage's context size in tokens (its n_ctx, or the size it was given)
         self.n_ctx: dict[str, int] = {}
-        #: the contexts stages share (memory "shared"), by base model and KV cache type
-        self.shared: dict[tuple[Path, str], LlamaContext] = {}
+        #: the contexts stages share (memory "shared"), by base model, KV cache type and number
+        self.shared: dict[tuple[Path, str, int], LlamaContext] = {}
         #: seconds each stage took to load (its model, if first to use it, and its context)
         self.load_seconds: dict[str, float] = {}
         self._residency: object = None
@@ -130,24 +131,27 @@ class Engine:
             tokenizers[stage.name] = stage_tokenizer(stage, model)
             self.load_seconds[stage.name] = time.perf_counter() - started
         self.n_ctx = stage_n_ctx(spec, tokenizers)
-        groups: dict[tuple[Path, str], list[StageSpec]] = {}
+        candidates: dict[tuple[Path, str], list[StageSpec]] = {}
         for stage in local_stages(spec):
             assert stage.model is not None
             # A context below one micro-batch of 32 tokens uses smaller ones: not shareable.
             if share and self.n_ctx[stage.name] >= 32:
-                groups.setdefault((stage.model.resolve(), stage.kv_cache_type), []).append(stage)
-        sharing = {
-            s.name: key for key, members in groups.items() if len(members) > 1 for s in members
-        }
-        for (path, kv_type), members in groups.items():
-            if len(members) > 1:
-                self.shared[(path, kv_type)] = SharedContext(
+                base = (stage.model.resolve(), stage.kv_cache_type)
+                candidates.setdefault(base, []).append(stage)
+        sharing: dict[str, tuple[Path, str, int]] = {}
+        for (path, kv_type), members in candidates.items():
+            cells = [(s.name, round_n_ctx(self.n_ctx[s.name])) for s in members]
+            groups = group_by_size(cells, _cell_bytes(self.models[path], kv_type))
+            for number, group in enumerate(g for g in groups if len(g) > 1):
+                key3 = (path, kv_type, number)
+                self.shared[key3] = SharedContext(
                     self.models[path],
-                    n_ctx=max(self.n_ctx[s.name] for s in members),
-                    n_seq=len(members),
+                    n_ctx=max(self.n_ctx[name] for name in group),
+                    n_seq=len(group),
                     n_threads=threads,
                     kv_cache_type=kv_type,
                 )
+                sharing.update(dict.fromkeys(group, key3))
         turns = {key: Turn(f"the context shared by stages on {key[0].name}") for key in self.shared}
         for stage in local_stages(spec):
             where = f"{spec.path}, stage {stage.name}"
@@ -216,3 +220,15 @@ class Engine:
         self.runners.clear()
         self.shared.clear()
         self.models.clear()
+
+
+def _cell_bytes(model: LlamaModel, kv_cache_type: str) -> float:
+    """Bytes of one KV cache cell of ``model`` at ``kv_cache_type``."""
+    from ._lib import lib
+
+    llama = lib()
+    n_head_kv = llama.llama_model_n_head_kv(model.ptr)
+    head_k, head_v = model.head_dims()
+    return kv_cell_bytes(
+        llama.llama_model_n_layer(model.ptr), n_head_kv * head_k, n_head_kv * head_v, kv_cache_type
+    )

@@ -18,15 +18,18 @@ Pure arithmetic: the engine counts the template's tokens with the model loaded, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ...formats._template import Field, Rendered, Template, render
 from ...util._limits import MAX_N_CTX
 
 __all__ = [
+    "CONTEXT_BYTES",
     "N_CTX_STEP",
     "PLACEHOLDER_SLACK",
     "fixed_tokens",
+    "group_by_size",
+    "kv_cell_bytes",
     "round_n_ctx",
     "stage_need",
 ]
@@ -35,6 +38,11 @@ __all__ = [
 N_CTX_STEP = 256
 #: extra tokens allowed per placeholder (merges at its edges, an output tokenized again)
 PLACEHOLDER_SLACK = 2
+#: what a llama.cpp context costs beyond its KV cache (compute and output buffers, scheduler,
+#: graph): about 3.5 MB measured per Pythia-160M stage. Stages on one base share a context
+#: unless giving some a context of their own saves more KV cache than this (every stream of a
+#: shared context is as large as its largest stage's).
+CONTEXT_BYTES = 4_000_000
 
 
 def round_n_ctx(tokens: int) -> int:
@@ -66,3 +74,36 @@ def stage_need(
             limit = max_question_tokens if part.name == "question" else output_tokens[part.name]
             need += limit + PLACEHOLDER_SLACK
     return need
+
+
+def kv_cell_bytes(n_layer: int, k_width: int, v_width: int, kv_cache_type: str) -> float:
+    """Bytes of one KV cache cell: a key and a value row (``k_width``, ``v_width`` values: the
+    KV heads times their size) in every layer, at ``kv_cache_type`` ("f16", "q8_0", ...)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kv_cache_type.upper()]]
+    return n_layer * (k_width + v_width) * size / block
+
+
+def group_by_size(cells: Sequence[tuple[str, int]], cell_bytes: float) -> list[list[str]]:
+    """Stages (name, KV cells) on one base split into the groups that share a context: each
+    group costs its size x its largest stage's cells x ``cell_bytes`` plus :data:`CONTEXT_BYTES`,
+    and the total is the least (groups are runs of stages sorted by size). Singletons get a
+    context of their own."""
+    ordered = sorted(cells, key=lambda c: (c[1], c[0]))
+    n = len(ordered)
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(float("inf"), 0)] * n
+    for end in range(1, n + 1):
+        for start in range(end):
+            cost = best[start][0] + (end - start) * ordered[end - 1][1] * cell_bytes
+            cost += CONTEXT_BYTES
+            if cost < best[end][0]:
+                best[end] = (cost, start)
+    groups: list[list[str]] = []
+    end = n
+    while end:
+        start = best[end][1]
+        groups.append([name for name, _ in ordered[start:end]])
+        end = start
+    order = {name: i for i, (name, _) in enumerate(cells)}
+    return sorted((sorted(g, key=order.__getitem__) for g in groups), key=lambda g: order[g[0]])
