@@ -247,13 +247,22 @@ class ScriptedEngine:
     """An HTTP server whose n-th POST is answered by ``replies[min(n, last)]``; it records the
     request bodies."""
 
-    def __init__(self, replies: list[Reply]) -> None:
+    def __init__(self, replies: list[Reply], gets: dict[str, object] | None = None) -> None:
         self.replies = replies
         self.requests: list[dict[str, Any]] = []
+        #: path -> the JSON a GET of it answers (anything else: 404)
+        self.gets = gets or {}
         engine = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path in engine.gets:
+                    status(self, 200, engine.gets[self.path])
+                else:
+                    status(self, 404, {"error": "not found"})
+                self.close_connection = True
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))

@@ -41,10 +41,9 @@ def plan(
         host = "0.0.0.0" if not _is_loopback(server_url) else "127.0.0.1"
         n_ctx = max(stages[i].n_ctx for i in members)
         command = [binary, "-m", model]
-        for adapter in adapters:
-            command += ["--lora", adapter]
         if adapters:
-            command.append("--lora-init-without-apply")
+            # one --lora with the files comma-separated (llama-server deprecates repeating it)
+            command += ["--lora", ",".join(adapters), "--lora-init-without-apply"]
         command += ["--host", host, "--port", str(port_of(server_url))]
         command += ["--parallel", str(parallel), "--ctx-size", str(n_ctx * parallel)]
         kv = stages[members[0]].kv_cache_type
@@ -119,8 +118,8 @@ Build or install llama.cpp's `llama-server` (any build from 2025 on; `cmake --bu
 
 Every adapter is loaded once at start and applied at scale 0 (`--lora-init-without-apply`);
 each request of a stage sends `"lora": [{{"id": N, "scale": S}}]`, which applies that adapter
-alone (adapters a request does not list run at scale 0). Adapter ids are the order of
-`--lora`:
+alone (adapters a request does not list run at scale 0). Adapter ids are the order of the
+files in `--lora`:
 
 | stage | lora id | adapter |
 |---|---|---|

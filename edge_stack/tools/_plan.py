@@ -64,6 +64,9 @@ VOCAB_BYTES_PER_TOKEN = 390
 VOCAB_ONLY_BYTES_PER_TOKEN = 260
 #: llama.cpp's micro-batch, as the engine sets it
 N_UBATCH = 32
+#: what a llama.cpp context holds beyond its KV cache and buffers (scheduler, graph, backend;
+#: measured 1 to 3 MB for Pythia-160M contexts)
+CONTEXT_FIXED_BYTES = 1_500_000
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,11 @@ def kv_cell_bytes(shape: ModelShape, kv_cache_type: str) -> float:
 
 def compute_bytes(shape: ModelShape) -> int:
     """What one sequence of a context touches of llama.cpp's compute and output buffers: the
-    activations of one micro-batch (hidden states, attention and feed-forward intermediates)
-    and a row of logits (measured 2.3 MB for Pythia-160M; a shared context's buffers grow by as
-    much per sequence, as llama.cpp plans its graph again for each adapter)."""
-    return 4 * N_UBATCH * (8 * shape.n_embd + 2 * shape.n_ff) + 8 * shape.n_vocab
+    activations of a micro-batch (hidden states, attention and feed-forward intermediates, with
+    a LoRA adapter's) and rows of logits (measured 3.5 to 4.3 MB for a Pythia-160M stage; a
+    shared context's buffers grow by about as much per sequence, as llama.cpp plans its graph
+    again for each adapter)."""
+    return 8 * N_UBATCH * (8 * shape.n_embd + 2 * shape.n_ff) + 16 * shape.n_vocab
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,7 @@ def _context(
         cells=cells,
         n_seq=n_seq,
         kv_bytes=kv,
-        compute_bytes=n_seq * compute_bytes(shape),
+        compute_bytes=n_seq * compute_bytes(shape) + CONTEXT_FIXED_BYTES,
     )
 
 

@@ -34,8 +34,9 @@ def test_llama_server_export_serves_every_adapter_by_id(
     assert stdout.strip() == str(out / "stack.toml")
     script = (out / "llama-server.sh").read_text()
     assert os.access(out / "llama-server.sh", os.X_OK)
+    adapters = ",".join(f"models/{stage}.lora.gguf" for stage in STAGES)
+    assert f"--lora {adapters}" in script
     for n, stage in enumerate(STAGES):
-        assert f"--lora models/{stage}.lora.gguf" in script
         assert f"| {stage} | {n} |" in (out / "README.md").read_text()
     assert "--lora-init-without-apply" in script and "--ctx-size 1024" in script
     assert 'exec "${LLAMA_SERVER:-llama-server}"' in script

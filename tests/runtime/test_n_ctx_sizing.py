@@ -42,8 +42,8 @@ def test_round_n_ctx(tokens: int, n_ctx: int) -> None:
     [
         ("Q: {question}\nA:", 5, 16, 128, {}, 5 + 128 + S + 16),
         ("{question}{question}", 0, 1, 10, {}, 2 * (10 + S) + 1),
-        ("E: {extract}\nV:", 4, 8, 128, {"extract": 24}, 4 + 24 + S + 8),
-        ("{question} {a} {b}", 2, 3, 50, {"a": 7, "b": 9}, 2 + 50 + 7 + 9 + 3 * S + 3),
+        ("E: {extract}\nV:", 4, 8, 128, {"extract": 24}, 4 + 2 * 24 + S + 8),
+        ("{question} {a} {b}", 2, 3, 50, {"a": 7, "b": 9}, 2 + 50 + 2 * (7 + 9) + 3 * S + 3),
         ("no placeholders", 3, 40, 128, {}, 43),
     ],
 )
@@ -192,7 +192,7 @@ def test_engine_sizes_each_stage_for_what_it_can_need(
                 runner.tokenize(render(stage.template, dict.fromkeys(stage.template.fields, "")))
             )
             outputs = sum(
-                spec.stage(f).max_tokens + S for f in stage.template.fields if f != "question"
+                2 * spec.stage(f).max_tokens + S for f in stage.template.fields if f != "question"
             )
             uses_question = "question" in stage.template.fields
             need = fixed + (limit + S if uses_question else 0) + outputs + stage.max_tokens

@@ -12,6 +12,7 @@ from edge_stack.errors import BadArgument
 from edge_stack.manifest import load_manifest
 from edge_stack.tools._devices import DEVICES, parse_device
 from edge_stack.tools._plan import (
+    CONTEXT_FIXED_BYTES,
     PROCESS_BYTES,
     RUNTIME_BYTES,
     VOCAB_BYTES_PER_TOKEN,
@@ -121,7 +122,8 @@ def test_estimate_counts_shared_files_once(
     assert len(e.contexts) == contexts
     assert e.kv_bytes == pytest.approx(kv, abs=4)
     sequences = sum(c.n_seq for c in e.contexts)
-    assert sequences == 4 and e.compute_bytes == 4 * compute_bytes(SHAPE)
+    assert sequences == 4
+    assert e.compute_bytes == 4 * compute_bytes(SHAPE) + contexts * CONTEXT_FIXED_BYTES
     vocab = 2 * VOCAB_BYTES_PER_TOKEN * 1000
     assert e.vocab_bytes == vocab
     assert e.total_bytes == 107_000_000 + 8_000_000 + e.kv_bytes + e.compute_bytes + vocab + (
@@ -146,6 +148,7 @@ def test_low_memory_estimate_is_the_largest_stage(spec: object, tmp_path: Path) 
         + 5_000_000
         + kv
         + compute_bytes(SHAPE)
+        + CONTEXT_FIXED_BYTES
         + VOCAB_BYTES_PER_TOKEN * 1000
         + 260 * 1000
         + RUNTIME_BYTES

@@ -384,6 +384,28 @@ def test_503_is_retried_then_answered(tmp_path: Path) -> None:
     assert engine.requests[0]["prompt"].startswith("Question: What is 2 plus 3?")
 
 
+@pytest.mark.parametrize(
+    ("gets", "slots"),
+    [
+        ({"/props": {"total_slots": 4}, "/lora-adapters": [{"id": 0}, {"id": 1}]}, [1, 3, 1]),
+        ({"/props": {"total_slots": 4}, "/lora-adapters": [{"id": i} for i in range(4)]}, [1, 1]),
+        ({"/props": {"total_slots": 2}, "/lora-adapters": [{"id": i} for i in range(4)]}, [1, 1]),
+        ({}, [None, None]),  # a server without /props picks its slots itself
+    ],
+)
+def test_llama_server_stages_keep_to_their_own_slots(
+    gets: dict[str, object], slots: list[int | None], tmp_path: Path
+) -> None:
+    with ScriptedEngine([_events(["x"])], gets=gets) as engine:
+        extra = {"engine": "llama-server", "url": engine.url, "lora_id": 1}
+        path = write_remote_stack(tmp_path / "stack", stack_toml({"extract": extra}))
+        with Stack.load(path, threads=1) as stack:
+            for _ in slots:
+                stack.ask("What is 2 plus 3?")
+    assert [r.get("id_slot") for r in engine.requests] == slots
+    assert all(r["lora"] == [{"id": 1, "scale": 1.0}] for r in engine.requests)
+
+
 def test_a_server_that_does_not_stream_is_read_whole(tmp_path: Path) -> None:
     whole = {
         "choices": [{"text": " 7 * 6", "finish_reason": "stop"}],

@@ -2,15 +2,20 @@
 
 A stage's prompt is its template's own text plus what fills its placeholders: the question (at
 most the stack's ``max_question_tokens``) and earlier stages' outputs (each at most that stage's
-``max_tokens`` generated tokens). Add the stage's own ``max_tokens`` and the context can never
-overflow for a question within the limit. The sum is rounded up to :data:`N_CTX_STEP`, the size
+``max_tokens`` generated tokens, counted twice: see below). Add the stage's own ``max_tokens``
+and the context does not overflow for a question within the limit. The sum is rounded up to :data:`N_CTX_STEP`, the size
 llama.cpp rounds every KV cache stream up to anyway (``GGML_PAD(n_ctx_seq, 256)`` in
 ``src/llama-context.cpp``), so the rounding costs no memory. An explicit ``n_ctx`` always wins.
 
 A value's tokens can differ slightly inside the prompt from on their own (it may merge with the
-template's text next to it, and a stage's output is tokenized again from its text):
-:data:`PLACEHOLDER_SLACK` tokens per placeholder cover that; past it, the context rule still
-holds (the ask fails with :class:`~edge_stack.errors.ContextOverflowError` naming the stage).
+template's text next to it): :data:`PLACEHOLDER_SLACK` tokens per placeholder cover that. A
+stage's output is tokenized again from its text, and the tokens a model generated need not be
+the ones its tokenizer would choose for that text: a trained model's outputs come back as about
+as many tokens, a random model's (the benchmarks') up to 2.3 times as many were seen, as words
+glued together split into pieces. :data:`OUTPUT_FACTOR` allows twice. Past any of this the
+context rule still holds: the ask fails with
+:class:`~edge_stack.errors.ContextOverflowError` naming the stage, and an explicit ``n_ctx``
+fixes it.
 
 Pure arithmetic: the engine counts the template's tokens with the model loaded, the planner
 (``edgestack plan``) with only its vocabulary.
@@ -26,6 +31,7 @@ from ...util._limits import MAX_N_CTX
 __all__ = [
     "CONTEXT_BYTES",
     "N_CTX_STEP",
+    "OUTPUT_FACTOR",
     "PLACEHOLDER_SLACK",
     "fixed_tokens",
     "group_by_size",
@@ -36,8 +42,10 @@ __all__ = [
 
 #: llama.cpp's granularity: every KV cache stream holds a multiple of this many cells
 N_CTX_STEP = 256
-#: extra tokens allowed per placeholder (merges at its edges, an output tokenized again)
+#: extra tokens allowed per placeholder (merges at its edges)
 PLACEHOLDER_SLACK = 2
+#: an earlier stage's output counts as this many times its max_tokens (tokenized again)
+OUTPUT_FACTOR = 2
 #: what a llama.cpp context costs beyond its KV cache (compute and output buffers, scheduler,
 #: graph): about 3.5 MB measured per Pythia-160M stage. Stages on one base share a context
 #: unless giving some a context of their own saves more KV cache than this (every stream of a
@@ -66,12 +74,16 @@ def stage_need(
     output_tokens: Mapping[str, int],
 ) -> int:
     """Tokens a stage can need: its template's ``fixed`` tokens, each placeholder at its limit
-    (``{question}``: ``max_question_tokens``; ``{stage}``: ``output_tokens[stage]``, that stage's
-    max_tokens) plus :data:`PLACEHOLDER_SLACK`, and its own ``max_tokens``."""
+    (``{question}``: ``max_question_tokens``; ``{stage}``: :data:`OUTPUT_FACTOR` times
+    ``output_tokens[stage]``, that stage's max_tokens) plus :data:`PLACEHOLDER_SLACK`, and its
+    own ``max_tokens``."""
     need = fixed + max_tokens
     for part in template.parts:
         if isinstance(part, Field):
-            limit = max_question_tokens if part.name == "question" else output_tokens[part.name]
+            if part.name == "question":
+                limit = max_question_tokens
+            else:
+                limit = OUTPUT_FACTOR * output_tokens[part.name]
             need += limit + PLACEHOLDER_SLACK
     return need
 

@@ -96,8 +96,9 @@ def request_body(
     lora_id: int | None = None,
     lora_scale: float = 1.0,
     n_ctx: int | None = None,
+    id_slot: int | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of one streamed completion request."""
+    """The JSON body of one streamed completion request (``id_slot``: llama-server's slot)."""
     if dialect.ndjson:
         return _ollama_body(params, prompt, model=model, n_ctx=n_ctx)
     body: dict[str, Any] = {
@@ -134,6 +135,8 @@ def request_body(
         if lora_id is not None:
             # adapters not listed run at scale 0 (llama-server's rule for a request's list)
             body["lora"] = [{"id": lora_id, "scale": lora_scale}]
+        if id_slot is not None:
+            body["id_slot"] = id_slot
     return body
 
 

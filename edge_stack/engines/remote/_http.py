@@ -128,6 +128,20 @@ class HttpStage:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def get_json(self, url: str) -> object | None:
+        """GET ``url`` once (no retries) and parse its JSON; None when that fails in any way
+        (for optional facts about a server, such as llama-server's slots)."""
+        import httpx
+
+        try:
+            response = self._http().get(url, headers=self.headers(False))
+            if response.status_code != 200 or len(response.content) > MAX_EVENT_BYTES:
+                return None
+            return response.json()
+        except (httpx.HTTPError, ValueError, RemoteEngineError) as exc:
+            logger.debug("%s: GET %s failed: %s", self.where, url, exc)
+            return None
+
     def stream(
         self, path: str, body: dict[str, Any], cancel: threading.Event, *, ndjson: bool = False
     ) -> Generator[object, None, None]:

@@ -11,6 +11,7 @@ also parsed inside the question, and prompt token counts show 0).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -88,6 +89,9 @@ class RemoteRunner:
         self._bos: tuple[int, ...] = ()
         if stage.model is not None:
             self._load_vocab(stage.model, verbose=verbose)
+        #: llama-server: the slots this stage's requests go to (filled on the first call)
+        self._slots: tuple[int, ...] | None = None
+        self._turn = itertools.count()
         self.http = HttpStage(
             self.where,
             self.remote.url,
@@ -161,6 +165,7 @@ class RemoteRunner:
             lora_id=self.remote.lora_id,
             lora_scale=self.stage.lora_scale,
             n_ctx=None if self.stage.n_ctx_auto else self.stage.n_ctx,
+            id_slot=self._slot(),
         )
         path = self.dialect.path
         scanner = StopScanner(params.stop)
@@ -208,6 +213,36 @@ class RemoteRunner:
         tail = scanner.flush()
         if tail:
             yield Chunk(tail, 0)
+
+    def _slot(self) -> int | None:
+        """llama-server: the slot for this request, or None to let the server pick.
+
+        llama-server picks a slot by prompt similarity, whatever its adapter, and empties a
+        slot's cached prompt when the adapter changes: stages whose prompts start alike would
+        then evaluate their whole prompt every time. So a stage with an adapter keeps to its
+        own slots, ``lora_id``, ``lora_id + n``, ``lora_id + 2n``, ... (n adapters on the
+        server; one slot in turn per request), and its prompt's start stays cached there."""
+        if self.dialect.name != "llama-server" or self.remote.lora_id is None:
+            return None
+        if self._slots is None:
+            self._slots = self._stage_slots()
+        if not self._slots:
+            return None
+        return self._slots[next(self._turn) % len(self._slots)]
+
+    def _stage_slots(self) -> tuple[int, ...]:
+        root = self.remote.url.removesuffix("/v1")
+        props = self.http.get_json(root + "/props")
+        adapters = self.http.get_json(root + "/lora-adapters")
+        total = props.get("total_slots") if isinstance(props, dict) else None
+        if not isinstance(total, int) or total < 1 or not isinstance(adapters, list):
+            return ()  # an older or different server: it picks
+        lora_id = self.remote.lora_id
+        assert lora_id is not None
+        n = max(len(adapters), 1)
+        slots = tuple(range(lora_id % n, total, n)) or (lora_id % total,)
+        logger.debug("stage %s: llama-server slots %s", self.stage.name, slots)
+        return slots
 
     def _wire_prompt(self, tokens: Sequence[int]) -> Sequence[int] | str:
         if self.dialect.token_ids and self.vocab is not None and tokens:
