@@ -3,8 +3,9 @@
     python benchmarks/run_all.py [--quick] [--llama-bench PATH] [--json]
 
 Builds the reference models once (benchmarks/out/, git-ignored), then runs stage_speed.py,
-memory.py, prefix_cache.py, cold_start.py, bandwidth.py and batch_throughput.py with their
-defaults (--quick: fewer rounds). Each ratio is measured within one run, the two sides taking
+memory.py, prefix_cache.py, cold_start.py, bandwidth.py, batch_throughput.py and
+small_devices.py with their defaults (--quick: fewer rounds). Each ratio is measured within one
+run, the two sides taking
 turns. The machine is described in the table's header, with its load average before and after:
 on a shared machine the absolute figures move with the load, the ratios much less.
 """
@@ -28,6 +29,7 @@ def run(quick: bool, threads: int, bench: Path | None = None) -> dict[str, Any]:
     import cold_start
     import memory
     import prefix_cache
+    import small_devices
     import stage_speed
 
     load_before = os.getloadavg()[0]
@@ -39,6 +41,7 @@ def run(quick: bool, threads: int, bench: Path | None = None) -> dict[str, Any]:
     r["cold_start"] = cold_start.measure(3 if quick else 5, threads)
     r["bandwidth"] = bandwidth.measure(threads)
     r["batch"] = batch_throughput.measure(16, [8, 16], 1 if quick else 2, threads)
+    r["small_devices"] = small_devices.measure(2 if quick else 3, threads, 6)
     r["load_avg"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     return r
 
@@ -161,8 +164,58 @@ def table(r: dict[str, Any]) -> str:
             f"{b['full_batch_tok_s']:.0f} tok/s)",
             None,
         ),
+        *small_devices_rows(r["small_devices"], row),
     ]
     return "\n".join(lines)
+
+
+def small_devices_rows(d: dict[str, Any], row: Any) -> list[str]:
+    """The rows of benchmarks/small_devices.py (shared contexts, low-memory mode, plan)."""
+    pss, peak, sec = d["pss_mb"], d["peak_pss_mb"], d["seconds_per_question"]
+    plan = d["plan_vs_measured"]
+    return [
+        row(
+            "PSS, four stages / one stage, one context per base (f16, n_ctx sized by edgestack)",
+            "<= 1.15",
+            f"{d['shared_vs_one']:.2f} ({pss['shared']['median']:.0f} vs "
+            f"{pss['one']['median']:.0f} MB; one context per stage: {d['separate_vs_one']:.2f})",
+            d["shared_vs_one"] <= 1.15,
+        ),
+        row(
+            "Seconds per question, one context per base / one per stage",
+            "<= 1.03",
+            f"{d['shared_vs_separate_seconds']:.3f} ({sec['shared']['median']:.2f} vs "
+            f"{sec['separate']['median']:.2f} s; adapter switch {d['switch']['cost_ms']:.1f} ms, "
+            f"{d['adapter_switches_per_question']:.0f} per question)",
+            d["shared_vs_separate_seconds"] <= 1.03,
+        ),
+        row(
+            'Peak PSS, `memory = "low"` / one stage',
+            "<= 1.1",
+            f"{d['low_peak_vs_one_peak']:.2f} ({peak['low']['median']:.0f} vs "
+            f"{peak['one']['median']:.0f} MB)",
+            d["low_peak_vs_one_peak"] <= 1.1,
+        ),
+        row(
+            'Seconds per question, `memory = "low"` / one context per base',
+            "report",
+            f"{d['low_vs_shared_seconds']:.2f} ({sec['low']['median']:.2f} vs "
+            f"{sec['shared']['median']:.2f} s)",
+            None,
+        ),
+        row(
+            "`edgestack plan` estimate / measured PSS (one, separate, shared, low)",
+            "0.9 to 1.1",
+            " / ".join(f"{plan[m]:.2f}" for m in ("one", "separate", "shared", "low")),
+            all(0.9 <= v <= 1.1 for v in plan.values()),
+        ),
+        row(
+            "Answers identical in every memory mode",
+            "yes",
+            "yes" if d["same_answers"] else "no",
+            bool(d["same_answers"]),
+        ),
+    ]
 
 
 def main() -> None:

@@ -42,8 +42,13 @@ def plan(
         n_ctx = max(stages[i].n_ctx for i in members)
         command = [binary, "-m", model]
         if adapters:
-            # one --lora with the files comma-separated (llama-server deprecates repeating it)
+            # one --lora with the files comma-separated (llama-server deprecates repeating it).
+            # --cache-ram 0: llama-server's prompt cache in RAM is keyed by tokens alone, so a
+            # prompt evaluated under one stage's adapter could be restored for another stage
+            # whose prompt starts alike (wrong answers, seen in testing); each slot still keeps
+            # its own prompt, which is what a stage's slots reuse.
             command += ["--lora", ",".join(adapters), "--lora-init-without-apply"]
+            command += ["--cache-ram", "0"]
         command += ["--host", host, "--port", str(port_of(server_url))]
         command += ["--parallel", str(parallel), "--ctx-size", str(n_ctx * parallel)]
         kv = stages[members[0]].kv_cache_type
@@ -126,6 +131,11 @@ files in `--lora`:
 {table}
 
 Set `LLAMA_SERVER=/path/to/llama-server` when the binary is not on the PATH.
+
+`--cache-ram 0` turns off llama-server's prompt cache in RAM: it tells prompts apart by their
+tokens alone, not by adapter, and could restore a prompt evaluated under one stage's adapter for
+another stage whose prompt starts the same way. Each slot still keeps its own last prompt, and
+each stage sends its requests to slots of its own, so a stage's prompt start stays cached.
 
 `--parallel` slots serve that many requests at once; `--ctx-size` is the stages' `n_ctx`
 times the slots (each slot gets one stage's context). The server listens on 127.0.0.1 when

@@ -12,7 +12,7 @@ The estimate adds what a loaded stack holds (as PSS: shared file pages counted o
   up to 256 (llama.cpp's granularity), one stream per stage of a shared context, every stream
   as large as its largest stage's;
 - compute buffers: what a context touches of llama.cpp's compute and output buffers, per
-  sequence (:func:`compute_bytes`);
+  sequence (:func:`compute_bytes`), and :data:`CONTEXT_FIXED_BYTES` per context;
 - the process itself (Python, numpy, the llama.cpp library): :data:`PROCESS_BYTES`.
 
 In low-memory mode the figure is the peak: the largest of (one base, its vocabulary, one stage's
@@ -21,8 +21,9 @@ explicit ``n_ctx`` are sized exactly as the engine sizes them (the templates are
 each model's vocabulary alone; no weights are read).
 
 The constants were measured with llama-cpp-python 0.3.36 on x86-64 Linux;
-``benchmarks/plan_check.py`` compares the estimate with the measured PSS of the benchmark stacks
-(goal: within 10%). Tokens per second per stage is the bandwidth bound of :mod:`._devices`.
+``benchmarks/small_devices.py`` compares the estimate with the measured PSS of the benchmark
+stack in every memory mode (goal: within 10%). Tokens per second per stage is the bandwidth
+bound of :mod:`._devices`.
 """
 
 from __future__ import annotations
@@ -599,8 +600,8 @@ def _suggest(
         add(
             "Q4_0 base",
             f"edgestack quantize {names} -o base.q4_0.gguf --type q4_0 and point model at it "
-            "(repacked for NEON on ARM, the fastest type there; check quality with "
-            "edgestack verify or edgestack eval)",
+            "(repacked for the ARM dotprod kernels of a Pi 5, the fastest type there; half "
+            "the bytes each token reads; check quality with edgestack eval)",
             run(weights=q4),
             weights=q4,
         )

@@ -3,9 +3,10 @@
 Process managers (systemd, Docker, a desktop app closing, ``timeout``) stop a program with
 SIGTERM, whose default action kills Python on the spot: no ``finally`` runs, so temporary files
 (``.OUT.gguf.edgestack-tmp-*``) and build folders stay behind. :func:`install` (called by
-:mod:`edge_stack._entry` before the CLI is imported) makes SIGTERM raise KeyboardInterrupt in
-the main thread instead, so the same clean-up as for Ctrl-C runs (temporary files removed,
-child processes stopped); :func:`terminated` then tells the CLI's error boundary to say
+:mod:`edge_stack._entry`, which holds signals back while the CLI is imported) makes SIGTERM
+raise KeyboardInterrupt in the main thread instead, so the same clean-up as for Ctrl-C runs
+(temporary files removed, child processes stopped); :func:`terminated` then tells the CLI's
+error boundary to say
 ``edgestack: terminated`` and exit 143 (128 + SIGTERM, what a shell reports for a program
 killed by it). A second SIGTERM while that clean-up runs is ignored (SIGKILL still works).
 

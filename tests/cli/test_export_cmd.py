@@ -39,6 +39,7 @@ def test_llama_server_export_serves_every_adapter_by_id(
     for n, stage in enumerate(STAGES):
         assert f"| {stage} | {n} |" in (out / "README.md").read_text()
     assert "--lora-init-without-apply" in script and "--ctx-size 1024" in script
+    assert "--cache-ram 0" in script
     assert 'exec "${LLAMA_SERVER:-llama-server}"' in script
     for name in ("base.q8_0.gguf", *(f"{s}.lora.gguf" for s in STAGES)):
         assert (out / "models" / name).read_bytes() == (word_problems() / name).read_bytes()

@@ -253,23 +253,43 @@ def test_store_entry_that_is_not_a_file_is_damaged(kind: str) -> None:
         within(lambda: read_entry(path), path.parent)
 
 
+# GNU readline reads its history file holding Python's lock, so a blocked read there would
+# freeze the whole test process: this one runs in a child, which a deadline can kill.
+CHAT_HISTORY_CHILD = """
+import builtins
+from edge_stack.cli import _ask_cmd
+
+def end_of_input(*_args):
+    raise EOFError
+
+builtins.input = end_of_input
+print(list(_ask_cmd._terminal_lines(True)))
+"""
+
+
 @pytest.mark.parametrize("kind", list(NODES))
-def test_chat_history_that_is_not_a_file_is_left_alone(
-    kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_chat_history_that_is_not_a_file_is_left_alone(kind: str) -> None:
     pytest.importorskip("readline")
     from edge_stack.cli import _ask_cmd
 
     history = _ask_cmd._history_file()
     _replace(history, kind)
     before = history.lstat()
-
-    def end_of_input(*_args: object) -> str:
-        raise EOFError
-
-    monkeypatch.setattr("builtins.input", end_of_input)
-    assert within(lambda: list(_ask_cmd._terminal_lines(True)), history.parent) == []
-    assert "chat history" in capsys.readouterr().err
+    home = settings().data_dir
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHAT_HISTORY_CHILD],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "EDGESTACK_HOME": str(home)},
+            cwd=home,
+            timeout=DEADLINE_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("chat blocked on its history file")
+    assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stderr
+    assert "chat history" in proc.stderr and "history is off" in proc.stderr
     after = history.lstat()
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
 

@@ -295,7 +295,6 @@ def test_killing_the_server_mid_answer_is_one_error_and_no_log_entry(tmp_path: P
     assert len(lines) == 1, err
     assert "stage forever" in lines[0] and url in lines[0]
     assert "closed the connection in the middle of an answer" in lines[0]
-    assert out == ""
     logs = subprocess.run(
         [sys.executable, "-m", "edge_stack", "logs", "--json"],
         capture_output=True,

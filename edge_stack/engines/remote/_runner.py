@@ -15,12 +15,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import BadArgument, EdgeStackError, ManifestError
-from ...formats._template import Rendered, tokenize_rendered
+from ...formats._template import Rendered
 from ...manifest import RemoteSpec, StackSpec, StageSpec
 from ...util._limits import MAX_N_CTX
 from ...util._pins import check_pin
@@ -85,7 +86,7 @@ class RemoteRunner:
                     "the server's API key"
                 )
         self.vocab: LlamaModel | None = None
-        self._specials: dict[str, int] = {}
+        self._tokenize: Callable[[Rendered], list[int]] | None = None
         self._bos: tuple[int, ...] = ()
         if stage.model is not None:
             self._load_vocab(stage.model, verbose=verbose)
@@ -109,21 +110,23 @@ class RemoteRunner:
             self.remote.model or "its model",
         )
 
-    def _load_vocab(self, path: object, *, verbose: bool) -> None:
-        from pathlib import Path
-
+    def _load_vocab(self, path: Path, *, verbose: bool) -> None:
+        """The vocabulary of ``path`` (llama.cpp's vocab_only: no weights), and the stage's
+        tokenizer on it: the one a local stage on that model uses."""
+        from ..llama._engine import stage_specials, stage_tokenizer
         from ..llama._model import LlamaModel
 
-        assert isinstance(path, Path)
         try:
             check_pin(path, self.stage.sha256, where=f"{self.where}, key 'sha256'")
             self.vocab = LlamaModel.load(path, verbose=verbose, vocab_only=True)
         except EdgeStackError as exc:
-            raise type(exc)(f"{self.where}, key 'model': {exc}") from exc
-        literal = "".join(p for p in self.stage.template.parts if isinstance(p, str))
-        self._specials = {s: t for s, t in self.vocab.special_tokens().items() if s in literal}
-        vocab = self.vocab
-        self._bos = (vocab.bos,) if vocab.add_bos and vocab.bos >= 0 else ()
+            try:
+                located = type(exc)(f"{self.where}, key 'model': {exc}")
+            except Exception:  # an error class with another constructor: as it is
+                raise exc from None
+            raise located from exc
+        self._tokenize = stage_tokenizer(self.stage, self.vocab)
+        self._bos = stage_specials(self.stage, self.vocab)[1]
 
     # --- StageRunner -----------------------------------------------------------------------------
 
@@ -134,16 +137,9 @@ class RemoteRunner:
         return MAX_N_CTX if self.stage.n_ctx_auto else self.stage.n_ctx
 
     def tokenize(self, prompt: Rendered) -> PromptTokens:
-        if self.vocab is None:
+        if self._tokenize is None:
             return PromptTokens([], prompt.text)
-        vocab = self.vocab
-        tokens = tokenize_rendered(
-            prompt,
-            special_tokens=self._specials,
-            tokenize_text=lambda text: vocab.tokenize(text, add_bos=False, special=False),
-            bos=self._bos,
-        )
-        return PromptTokens(tokens, prompt.text)
+        return PromptTokens(self._tokenize(prompt), prompt.text)
 
     def check(self, params: GenerationParams) -> None:
         """Refuse a call whose settings (overrides included) this engine cannot carry."""
