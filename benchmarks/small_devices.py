@@ -17,10 +17,13 @@ process, taking turns round by round:
 Each process asks one question to warm up (the fixed prompt starts are then cached, in memory
 and on disk), then ``--questions`` more, and reports: PSS growth over the process before
 loading (after importing edgestack and llama.cpp; as benchmarks/memory.py), the peak PSS growth
-(sampled every 5 ms while asking), seconds per question (median) and the answers. Goals:
-shared / one <= 1.15 (PSS), shared / separate <= 1.03 (seconds per question), low peak /
-one peak <= 1.1, answers identical in every mode. The planner's estimate (edgestack plan) of
-each mode is compared with its measured PSS (goal: within 10%).
+(sampled every 5 ms while asking) and the answers. Seconds per question are measured apart, in
+one process holding the stack three ways (separate, shared, low) and asking each question of
+each in turn (the order rotating), so that the load of a shared machine falls on all three
+alike: the ratios are medians of per-question ratios. Goals: shared / one <= 1.15 (PSS),
+shared / separate <= 1.03 (seconds per question), low peak / one peak <= 1.1, answers
+identical in every mode. The planner's estimate (edgestack plan) of each mode is compared with
+its measured PSS (goal: within 10%).
 
 A last process measures what an adapter switch costs llama.cpp (its graph is planned again):
 the time of a one-token decode right after another sequence's adapter was set, minus the time
@@ -122,6 +125,38 @@ def run_mode(mode: str, threads: int, questions: int) -> dict[str, Any]:
     }
 
 
+def speed(threads: int, questions: int) -> dict[str, Any]:
+    """Seconds per question of the four-stage stack held three ways in this process, taking
+    turns question by question."""
+    from edge_stack import Stack
+
+    path = stacks()["four"]
+    modes = ("separate", "shared", "low")
+    loaded = {m: Stack.load(path, threads=threads, memory=m) for m in modes}
+    try:
+        for stack in loaded.values():
+            stack.ask(c.QUESTIONS[-1])  # warm-up: fixed prompt starts cached
+        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        for i, q in enumerate(c.QUESTIONS[:questions] * 2):
+            order = modes[i % 3 :] + modes[: i % 3]
+            for m in order:
+                t = time.perf_counter()
+                loaded[m].ask(q)
+                seconds[m].append(time.perf_counter() - t)
+    finally:
+        for stack in loaded.values():
+            stack.close()
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(seconds[a], seconds[b], strict=True))
+
+    return {
+        "seconds_per_question": {m: c.median_min_max(v) for m, v in seconds.items()},
+        "shared_vs_separate": paired("shared", "separate"),
+        "low_vs_shared": paired("low", "shared"),
+    }
+
+
 def planned(mode: str) -> float:
     """The planner's estimate of ``mode`` in MB, without the process's own part (as measured)."""
     from edge_stack.manifest import load_manifest
@@ -190,24 +225,25 @@ def measure(rounds: int, threads: int, questions: int) -> dict[str, Any]:
     switch = json.loads(
         subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
     )
+    cmd = [sys.executable, __file__, "--mode", "speed", "--threads", str(threads)]
+    cmd += ["--questions", str(questions)]
+    timed = json.loads(
+        subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+    )
     reference = got["separate"][0]["answers"]
     four_answers = [r["answers"] == reference for m in ("shared", "low") for r in got[m]]
     plan = {m: planned(m) for m in MODES}
     return {
         "pss_mb": {m: c.median_min_max([r["pss_mb"] for r in got[m]]) for m in MODES},
         "peak_pss_mb": {m: c.median_min_max([r["peak_pss_mb"] for r in got[m]]) for m in MODES},
-        "seconds_per_question": {
-            m: c.median_min_max([r["seconds_per_question"] for r in got[m]]) for m in MODES
-        },
+        "seconds_per_question": timed["seconds_per_question"],
         "n_ctx": got["shared"][0]["n_ctx"],
         "adapter_switches_per_question": got["shared"][0]["adapter_switches"] / (questions + 1),
         "shared_vs_one": med("shared", "pss_mb") / med("one", "pss_mb"),
         "separate_vs_one": med("separate", "pss_mb") / med("one", "pss_mb"),
         "low_peak_vs_one_peak": med("low", "peak_pss_mb") / med("one", "peak_pss_mb"),
-        "shared_vs_separate_seconds": med("shared", "seconds_per_question")
-        / med("separate", "seconds_per_question"),
-        "low_vs_shared_seconds": med("low", "seconds_per_question")
-        / med("shared", "seconds_per_question"),
+        "shared_vs_separate_seconds": timed["shared_vs_separate"],
+        "low_vs_shared_seconds": timed["low_vs_shared"],
         "same_answers": all(four_answers),
         "plan_mb": plan,
         "plan_vs_measured": {
@@ -222,10 +258,13 @@ def main() -> None:
     parser = c.arg_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--questions", type=int, default=8)
-    parser.add_argument("--mode", choices=[*MODES, "switch"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=[*MODES, "switch", "speed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "switch":
         print(json.dumps(switch_cost(args.threads)))
+        return
+    if args.mode == "speed":
+        print(json.dumps(speed(args.threads, args.questions)))
         return
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.threads, args.questions)))
@@ -235,9 +274,11 @@ def main() -> None:
         print(json.dumps(r, indent=2))
         return
     for m in MODES:
+        timed = r["seconds_per_question"].get(m)
+        per_question = f", {timed['median']:.3f} s/question" if timed else ""
         print(
-            f"{m:<9} PSS {r['pss_mb'][m]['median']:6.1f} MB, peak {r['peak_pss_mb'][m]['median']:6.1f}"
-            f" MB, {r['seconds_per_question'][m]['median']:.3f} s/question, plan "
+            f"{m:<9} PSS {r['pss_mb'][m]['median']:6.1f} MB, peak "
+            f"{r['peak_pss_mb'][m]['median']:6.1f} MB{per_question}, plan "
             f"{r['plan_mb'][m]:.1f} MB ({r['plan_vs_measured'][m]:.3f}x measured)"
         )
     print(f"n_ctx by stage: {r['n_ctx']}; answers identical in every mode: {r['same_answers']}")

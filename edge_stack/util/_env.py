@@ -96,23 +96,67 @@ def named_secret(name: str) -> str | None:
     return value or None
 
 
-#: what edgestack sets for libgomp unless the user set a wait policy: spin this many
-#: iterations (libgomp's own default is 300,000) before a waiting thread sleeps
+#: what edgestack sets for libgomp on an idle machine unless the user set a wait policy: spin
+#: this many iterations (libgomp's own default is 300,000) before a waiting thread sleeps
 OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "10000"}
+#: what it sets when other work is running on the cores: threads sleep at once
+OPENMP_BUSY = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: other runnable tasks per usable core from which the machine counts as busy
+BUSY_TASKS_PER_CORE = 0.5
+#: how many times /proc/loadavg's count of runnable tasks is read (1 ms apart; median taken)
+_RUNNABLE_SAMPLES = 5
 
 
-def openmp_policy() -> dict[str, str]:
+def other_runnable_tasks() -> int | None:
+    """Tasks other than this one that want a CPU now (Linux: /proc/loadavg), or None.
+
+    The 1-minute load average reacts too slowly (a minute after other work starts it shows a
+    third of it), so the kernel's instantaneous count of runnable tasks is read a few times.
+    """
+    import statistics
+    import time
+
+    counts = []
+    for i in range(_RUNNABLE_SAMPLES):
+        try:
+            field = Path("/proc/loadavg").read_text().split()[3]
+            counts.append(int(field.split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < _RUNNABLE_SAMPLES:
+            time.sleep(0.001)
+    return max(0, int(statistics.median(counts)) - 1)  # the count includes this reader
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def openmp_policy(others: int | None = None, cores: int | None = None) -> dict[str, str]:
     """The OpenMP variables edgestack sets for llama.cpp's threads (empty if the user set one).
 
     llama-cpp-python's ggml runs its threads with OpenMP, whose threads wait for each other at
     every barrier (hundreds per token). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) halved
-    generation speed on an idle machine; spinning without end (ACTIVE) was slowest when other
-    work wants the cores. A bounded spin matched libgomp's default on an idle machine and
-    PASSIVE on a loaded one (benchmarks/thread_policy.py measures all of them). The user's own
-    OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins.
+    generation speed on an idle machine (0.48x libgomp's default); a bounded spin matched the
+    default there (1.00x). But beside other work, spinning threads burn the time slices the
+    thread they wait for needs: beside a second llama.cpp process PASSIVE made 3x the tokens of
+    the bounded spin. So the choice is made when llama.cpp loads, from how many other tasks
+    want a CPU at that moment (``others``, ``cores``: for tests): at least
+    :data:`BUSY_TASKS_PER_CORE` per usable core means PASSIVE. It lasts for the process
+    (libgomp reads it once). benchmarks/thread_policy.py measures every policy idle, beside CPU
+    hogs and beside a second llama.cpp process. The user's own OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT always wins.
     """
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return {}
+    others = other_runnable_tasks() if others is None else others
+    cores = usable_cores() if cores is None else cores
+    if others is not None and others >= BUSY_TASKS_PER_CORE * cores:
+        return dict(OPENMP_BUSY)
     return dict(OPENMP_DEFAULTS)
 
 

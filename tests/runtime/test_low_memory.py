@@ -137,3 +137,10 @@ def test_memory_low_in_the_manifest(two_bases: Path, tmp_path: Path) -> None:
         engine = low._backend
         assert isinstance(engine, Engine) and engine.memory == "low"
         assert low.ask(QUESTIONS[0]).text
+
+
+def test_memory_override_is_checked(two_bases: Path) -> None:
+    from edge_stack.errors import BadArgument
+
+    with pytest.raises(BadArgument, match="must be one of shared, separate, low"):
+        Stack.load(two_bases, memory="tiny")
