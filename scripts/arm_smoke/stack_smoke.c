@@ -1,13 +1,14 @@
 // The bundled stack's pipeline in C on llama.cpp's C API, for the aarch64 smoke test
 // (scripts/arm_cross_smoke.sh runs it under qemu-user; Python is not needed on the target).
 //
-//   stack_smoke BASE.gguf QUESTIONS.txt NAME LORA MAX_TOKENS TEMPLATE [NAME LORA MAX_TOKENS TEMPLATE]...
+//   stack_smoke BASE.gguf QUESTIONS.txt THREADS NAME LORA MAX_TOKENS TEMPLATE [NAME LORA ...]...
 //
 // Each stage: its template with {question} and earlier stages' {name} filled in, tokenized as
 // one text (BOS if the model asks for one), evaluated in 32-token micro-batches on one context
 // whose KV cache is cleared first and whose adapter is the stage's, then greedy generation up to
 // MAX_TOKENS or a newline (the bundled stack's stop string), output stripped of whitespace.
-// Prints one line per question: the stages' outputs joined by " | ".
+// Prints one line per question: the stages' outputs joined by " | ". llama.cpp's log (system
+// info, buffer types, repacked tensors) goes to stderr; LORA "-" means no adapter.
 
 #include <ctype.h>
 #include <stdio.h>
@@ -66,35 +67,52 @@ static void strip(char *s) {
     memmove(s, s + i, n - i + 1);
 }
 
+static int decode_failed(const char *stage) {
+    fprintf(stderr, "stack_smoke: stage %s: llama_decode failed\n", stage);
+    return 1;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 7 || (argc - 3) % 4 != 0) {
-        fprintf(stderr, "usage: %s BASE QUESTIONS NAME LORA MAX_TOKENS TEMPLATE...\n", argv[0]);
+    if (argc < 8 || (argc - 4) % 4 != 0 || (argc - 4) / 4 > MAX_STAGES || atoi(argv[3]) < 1) {
+        fprintf(stderr, "usage: %s BASE QUESTIONS THREADS NAME LORA MAX_TOKENS TEMPLATE...\n",
+                argv[0]);
         return 2;
     }
     llama_backend_init();
+    fprintf(stderr, "system_info: %s\n", llama_print_system_info());
     struct llama_model_params mp = llama_model_default_params();
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);
-    if (!model) return 1;
+    if (!model) {
+        fprintf(stderr, "stack_smoke: cannot load %s\n", argv[1]);
+        return 1;
+    }
     const struct llama_vocab *vocab = llama_model_get_vocab(model);
     struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = 512;
+    cp.n_ctx = 256; // the bundled stack's n_ctx (stack.toml [defaults])
     cp.n_batch = 32;
     cp.n_ubatch = 32;
-    cp.n_threads = cp.n_threads_batch = 2;
+    cp.n_threads = cp.n_threads_batch = atoi(argv[3]);
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) return 1;
     struct stage stages[MAX_STAGES];
-    int n_stages = (argc - 3) / 4;
-    for (int i = 0; i < n_stages && i < MAX_STAGES; i++) {
-        stages[i].name = argv[3 + 4 * i];
-        const char *lora = argv[4 + 4 * i];
+    int n_stages = (argc - 4) / 4;
+    for (int i = 0; i < n_stages; i++) {
+        stages[i].name = argv[4 + 4 * i];
+        const char *lora = argv[5 + 4 * i];
         stages[i].lora = strcmp(lora, "-") ? llama_adapter_lora_init(model, lora) : NULL;
-        stages[i].max_tokens = atoi(argv[5 + 4 * i]);
-        stages[i].template = argv[6 + 4 * i];
+        if (strcmp(lora, "-") && !stages[i].lora) {
+            fprintf(stderr, "stack_smoke: cannot load adapter %s\n", lora);
+            return 1;
+        }
+        stages[i].max_tokens = atoi(argv[6 + 4 * i]);
+        stages[i].template = argv[7 + 4 * i];
     }
     FILE *questions = fopen(argv[2], "r");
-    if (!questions) return 1;
+    if (!questions) {
+        fprintf(stderr, "stack_smoke: cannot read %s\n", argv[2]);
+        return 1;
+    }
     char question[MAX_TEXT], prompt[MAX_TEXT];
     llama_token tokens[MAX_TEXT];
     struct llama_sampler *greedy = llama_sampler_init_greedy();
@@ -107,11 +125,16 @@ int main(int argc, char **argv) {
                                     st->lora ? &scale : NULL);
             llama_memory_clear(llama_get_memory(ctx), true);
             render(st, question, stages, s, prompt);
-            int n = llama_tokenize(vocab, prompt, (int)strlen(prompt), tokens, MAX_TEXT, true, false);
+            int n =
+                llama_tokenize(vocab, prompt, (int)strlen(prompt), tokens, MAX_TEXT, true, false);
+            if (n < 0 || n + st->max_tokens > (int)cp.n_ctx) {
+                fprintf(stderr, "stack_smoke: stage %s: prompt too long\n", st->name);
+                return 1;
+            }
             for (int at = 0; at < n; at += 32) {
                 int len = n - at < 32 ? n - at : 32;
                 struct llama_batch batch = llama_batch_get_one(tokens + at, len);
-                if (llama_decode(ctx, batch)) return 1;
+                if (llama_decode(ctx, batch)) return decode_failed(st->name);
             }
             st->output[0] = '\0';
             for (int i = 0; i < st->max_tokens; i++) {
@@ -125,7 +148,7 @@ int main(int argc, char **argv) {
                 strncat(st->output, piece, MAX_TEXT - strlen(st->output) - 1);
                 if (newline) break;
                 struct llama_batch next = llama_batch_get_one(&tok, 1);
-                if (llama_decode(ctx, next)) return 1;
+                if (llama_decode(ctx, next)) return decode_failed(st->name);
             }
             strip(st->output);
             printf("%s%s", s ? " | " : "", st->output);

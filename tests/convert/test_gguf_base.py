@@ -34,7 +34,9 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
-@pytest.mark.parametrize("arch", ["gptneox", "llama", "qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize(
+    "arch", ["gptneox", "llama", "qwen2", "mistral", "qwen3", "gemma3", "phi3"]
+)
 def test_export_over_gguf_equals_export_over_checkpoint(
     arch: str,
     outtype: str,

@@ -180,6 +180,51 @@ def test_bad_recipes(folder: Path, old: str, new: str, fragments: tuple[str, ...
         assert fragment in message
 
 
+GGUF_BASE = """\
+mode = "{mode}"
+quantization = "q8_0"
+[defaults]
+{base}base_gguf = "base.gguf"
+[[stages]]
+name = "extract"
+adapter = "./hf/extract"
+prompt = "Question: {{question}}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "base", "key", "fragments"),
+    [
+        # merged stages are conversions of the checkpoint: name the mode that runs on a GGUF
+        (
+            "merged",
+            True,
+            "base_gguf",
+            ('"adapters" only', "never from a GGUF", 'mode = "adapters"'),
+        ),
+        ("merged", False, "base_gguf", ('"adapters" only', "never from a GGUF")),
+        # a GGUF alone gives nothing to verify the adapters against: name both ways out
+        ("adapters", False, "base", ("missing key", "gguf_file=", "export-lora ADAPTER --base")),
+    ],
+    ids=["merged", "merged-gguf-only", "adapters-gguf-only"],
+)
+def test_gguf_base_needs_adapters_mode_and_the_checkpoint(
+    folder: Path, mode: str, base: bool, key: str, fragments: tuple[str, ...]
+) -> None:
+    (folder / "base.gguf").write_bytes(b"GGUF")
+    text = GGUF_BASE.format(mode=mode, base='base = "hf/base"\n' if base else "")
+    path = write(folder, text)
+    with pytest.raises(ManifestError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: stage 'extract', key '{key}': ") and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    if base:  # the same recipe in mode "adapters" is valid
+        stage = load_recipe(write(folder, text.replace("merged", "adapters"))).stages[0]
+        assert stage.base_gguf == str((folder / "base.gguf").resolve())
+
+
 @pytest.mark.parametrize(
     ("old", "new", "fragments"),
     [

@@ -9,6 +9,7 @@ edgestack's runtime where it adds something (the space-prefix rule).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,104 @@ def test_phi3_added_tokens_are_control_tokens(
     want = hf(text)["input_ids"]
     specials = {vocab.tokens.index(t) for t in PHI3_ADDED}
     assert [t for t in got if t in specials] == [t for t in want if t in specials] != []
+
+
+# --- the two differences llama.cpp itself has (README, "Converting models") -------------------
+
+#: texts with a special token between two pieces of text (each kind's own specials)
+AFTER_SPECIAL = {
+    "llama": ["Hi<s>there", "a </s> b", "x<unk>\ny"],
+    "phi3": ["<|user|>\nHi<|end|>\n<|assistant|>", "Hi<|end|>there", "a <|system|>  b"],
+    "legacy": ["Hi<s>there", "a </s> b"],
+    "gemma": ["<start_of_turn>user\nHi<end_of_turn>\n", "a <end_of_turn> b"],
+}
+
+
+def _space_after_specials(text: str, specials: list[str], *, unless_space: bool = False) -> str:
+    """``text`` with a space inserted after each special token that text follows
+    (``unless_space``: unless that text starts with a space already)."""
+    pattern = (
+        "(" + "|".join(map(re.escape, specials)) + ")" + ("(?=[^ ])" if unless_space else "(?=.)")
+    )
+    return re.sub(pattern, r"\1 ", text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize(
+    ("kind", "form", "differs"),
+    [
+        ("llama", "json", True),
+        ("llama", "model", True),
+        ("phi3", "json", True),
+        ("phi3", "model", True),
+        ("legacy", "json", False),  # Prepend("▁") normalizes every piece: as llama.cpp does
+        ("gemma", "json", False),  # no space prefix at all
+        ("gemma", "model", False),
+    ],
+)
+def test_llama_cpp_puts_a_space_after_every_special_token(
+    kind: str, form: str, differs: bool, spm_dirs: dict[tuple[str, str], Path], runtime: Any
+) -> None:
+    """Difference 1. With a space prefix, llama.cpp prefixes every text fragment that follows a
+    special token with '▁' (llama-vocab.cpp: ``is_prev_special``); transformers 5's Metaspace
+    (prepend_scheme "first") prefixes only the start of the text. llama.cpp's tokens are
+    transformers' for the text with one more space after each special token. edgestack's runtime
+    (a template split at its specials, each fragment tokenized alone, a fragment's leading space
+    dropped first) differs only where no space follows the special token already."""
+    folder = spm_dirs[kind, form]
+    vocab = load_vocab(folder, n_vocab=N_VOCAB)
+    hf = _hf(folder)
+    llama = runtime(vocab)
+    specials = [t for t in vocab.tokens if t.startswith("<") and t in hf.all_special_tokens]
+    specials += [t for t in (*PHI3_ADDED, "<start_of_turn>", "<end_of_turn>") if t in vocab.tokens]
+    for text in AFTER_SPECIAL[kind]:
+        got = llama.llama.tokenize(text, parse_special=True)
+        pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
+        bos = [vocab.bos_id] if vocab.add_bos and vocab.bos_id is not None else []
+        by_fragment = bos + [
+            i
+            for piece in pieces
+            if piece
+            for i in (
+                [vocab.tokens.index(piece)]
+                if piece in specials
+                else llama.tokenize(piece, add_special=False)
+            )
+        ]
+        want = hf(text)["input_ids"]
+        if differs:
+            assert got != want, text
+            assert got == hf(_space_after_specials(text, specials))["input_ids"], text
+            spaced = _space_after_specials(text, specials, unless_space=True)
+            assert by_fragment == hf(spaced)["input_ids"], text
+            assert (by_fragment == want) is (spaced == text), text
+        else:
+            assert got == want == by_fragment, text
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_llama_cpp_spells_out_user_defined_pieces_in_plain_text(
+    form: str, spm_dirs: dict[tuple[str, str], Path], runtime: Any
+) -> None:
+    """Difference 2. SentencePiece matches user-defined pieces (Gemma's turn markers) anywhere, so
+    transformers keeps them one token even in plain text (``split_special_tokens=True``);
+    llama.cpp matches them only when parsing specials, and spells them out in plain text (as
+    edgestack does for a question: only a template's own text is parsed for specials)."""
+    import sentencepiece as spm
+
+    folder = spm_dirs["gemma", form]
+    vocab = load_vocab(folder, n_vocab=N_VOCAB)
+    hf = _hf(folder)
+    llama = runtime(vocab)
+    text = "Hi<end_of_turn>there"
+    turn = vocab.tokens.index("<end_of_turn>")
+    assert vocab.token_types[turn] == 4  # user-defined
+    sp = spm.SentencePieceProcessor(model_file=str(spm_dirs["gemma", "model"] / "tokenizer.model"))
+    want = hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert want == sp.encode(text) and turn in want
+    plain = llama.tokenize(text, add_special=False)
+    assert turn not in plain and llama.llama.detokenize(plain).decode() == text
+    parsed = llama.llama.tokenize(text, add_special=False, parse_special=True)
+    assert parsed == want
 
 
 def test_llama_cpp_loads_the_sentencepiece_gguf(spm_dirs: dict[tuple[str, str], Path]) -> None:

@@ -86,7 +86,10 @@ def test_compare_logits_metrics() -> None:
 
 @pytest.mark.llama
 @pytest.mark.torch
-@pytest.mark.parametrize("variant", ["gptneox", "llama"])
+@pytest.mark.parametrize(
+    "variant",
+    ["gptneox", "llama", "qwen2", "llama-spm", "mistral", "qwen3", "gemma3", "phi3"],
+)
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
 def test_conversion_matches_transformers(
     tiny_gguf: Callable[..., Path], tiny_model: Callable[[str], Path], variant: str, outtype: str

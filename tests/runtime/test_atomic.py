@@ -18,6 +18,7 @@ import pytest
 from output_nodes import char_device, fifo, link_to
 
 from edge_stack.errors import ModelFileNotFound, OutputExistsError
+from edge_stack.util import _atomic
 from edge_stack.util._atomic import (
     STALE_AFTER_S,
     TEMP_MARK,
@@ -259,3 +260,164 @@ def test_remove_leftovers_takes_a_list_and_skips_live_ones(tmp_path: Path, live_
     assert {f.path: f.stale for f in found} == {dead: True, live: False}
     assert [f.path for f in remove_leftovers(found)] == [dead]
     assert list(tmp_path.iterdir()) == [live]
+
+
+# --- the owner verdict at its boundaries (issue 19: mutation testing) ---------------------------
+# _owner_verdict is given the host, PID and times directly, and the process start time comes
+# from a stand-in, so the limits (24 h, the PID range, the 2 s clock slack) are tested exactly.
+
+_SLACK = _atomic._CLOCK_SLACK_S
+
+
+# case -> (host ("this" / "other"), pid ("self" / "child" / a number), mtime offset of the
+# process start in seconds (None: /proc cannot tell), age in s, (stale, reason pattern))
+VERDICTS: dict[str, tuple[str, object, float | None, float, tuple[bool, str]]] = {
+    "other host, 24 h exactly": (
+        "other",
+        "child",
+        None,
+        STALE_AFTER_S,
+        (False, r"less than 24 h ago \(its process"),
+    ),
+    "other host, just over 24 h": (
+        "other",
+        "child",
+        None,
+        STALE_AFTER_S + 0.5,
+        (
+            True,
+            r"^written on another host and "
+            r"untouched for over 24 h$",
+        ),
+    ),
+    "this process": ("this", "self", None, 10 * STALE_AFTER_S, (False, "this process is using")),
+    "pid 0": ("this", 0, None, 0.0, (True, r"^process 0 cannot exist$")),
+    "pid -1": ("this", -1, None, 0.0, (True, r"^process -1 cannot exist$")),
+    "pid at the limit": ("this", _atomic._PID_MAX, None, 0.0, (True, "cannot exist")),
+    "start unknown": ("this", "child", None, 0.0, (False, r"^process \d+ is running$")),
+    "started before the write": ("this", "child", -100.0, 0.0, (False, "is running")),
+    "started within the slack": ("this", "child", _SLACK - 0.5, 0.0, (False, "is running")),
+    "started at the slack": ("this", "child", _SLACK, 0.0, (False, "is running")),
+    "started after the slack": (
+        "this",
+        "child",
+        _SLACK + 0.5,
+        0.0,
+        (True, r"^process \d+ is gone \(its PID now belongs"),
+    ),
+}
+
+
+@pytest.fixture
+def live_child() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours that runs for the whole test: only it is ever signalled."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("case", list(VERDICTS))
+def test_owner_verdict_boundaries(
+    case: str, live_child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, pid_kind, start_offset, age, (stale, reason) = VERDICTS[case]
+    pid = {"self": os.getpid(), "child": live_child.pid}.get(pid_kind, pid_kind)  # type: ignore[call-overload]
+    mtime = 1_000_000.0
+    asked: list[int] = []
+
+    def start(p: int) -> float | None:
+        asked.append(p)
+        return None if start_offset is None else mtime + start_offset
+
+    monkeypatch.setattr(_atomic, "_process_start", start)
+    verdict = _atomic._owner_verdict(
+        _atomic._HOST if host == "this" else "other-host", pid, mtime, age
+    )
+    assert verdict[0] is stale and re.search(reason, verdict[1]), verdict
+    assert asked == ([pid] if case.startswith(("start", "started")) else [])
+    # asking only looks (signal 0): the owner is still running
+    with pytest.raises(subprocess.TimeoutExpired):
+        live_child.wait(timeout=0.3)
+
+
+def test_owner_verdict_of_another_users_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.kill says "not yours" (PermissionError): the process runs, unless its PID was reused."""
+
+    def kill(_pid: int, _sig: int) -> None:
+        raise PermissionError("not yours")
+
+    monkeypatch.setattr(_atomic.os, "kill", kill)
+    monkeypatch.setattr(_atomic, "_process_start", lambda _pid: 10.0)
+    assert _atomic._owner_verdict(_atomic._HOST, 4321, 100.0, 0.0) == (
+        False,
+        "process 4321 is running",
+    )
+    assert _atomic._owner_verdict(_atomic._HOST, 4321, 1.0, 0.0) == (
+        True,
+        "process 4321 is gone (its PID now belongs to a newer process)",
+    )
+
+
+def test_owner_verdict_only_looks_at_the_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PID 1 can own a file (edgestack as a container's first process); it is only asked
+    whether it exists (signal 0). os.kill is a stand-in: PID 1 is never signalled here."""
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(_atomic.os, "kill", lambda pid, sig: calls.append((pid, sig)))
+    monkeypatch.setattr(_atomic, "_process_start", lambda _pid: None)
+    for pid in (1, _atomic._PID_MAX - 1):
+        assert _atomic._owner_verdict(_atomic._HOST, pid, 0.0, 0.0) == (
+            False,
+            f"process {pid} is running",
+        )
+    assert calls == [(1, 0), (_atomic._PID_MAX - 1, 0)]
+
+
+@pytest.mark.parametrize("comm", ["python", "x) 1 2 (3"])
+def test_process_start_time(tmp_path: Path, comm: str) -> None:
+    """/proc/PID/stat's start time, also for a program whose name holds ") " and spaces."""
+    program = tmp_path / comm
+    program.symlink_to(sys.executable)
+    before = time.time()
+    child = subprocess.Popen([str(program), "-c", "import time; time.sleep(60)"])
+    after = time.time()
+    try:
+        started = _atomic._process_start(child.pid)
+        assert started is not None
+        # /proc/stat's boot time is whole seconds (1 s) and the start time is in clock ticks
+        assert before - 1.5 <= started <= after + 0.5, (before, started, after)
+    finally:
+        child.kill()
+        child.wait()
+    assert _atomic._process_start(_dead_pid()) is None
+
+
+def test_leftover_size_and_age_count_everything_inside(tmp_path: Path) -> None:
+    """A folder's size is all the files in it (subfolders too); its age is its newest write."""
+    junk = tmp_path / f".m.gguf.{TEMP_MARK}-some-other-host-123-0123abcd"
+    (junk / "sub").mkdir(parents=True)
+    (junk / "a.gguf").write_bytes(b"x" * 300)
+    (junk / "sub" / "b.gguf").write_bytes(b"x" * 700)
+    old = time.time() - 48 * HOURS
+    for path in (junk / "a.gguf", junk / "sub", junk):
+        os.utime(path, (old, old))
+    os.utime(junk / "sub" / "b.gguf", (old + 47 * HOURS,) * 2)  # written one hour ago
+    [item] = find_leftovers(tmp_path, include_live=True)
+    assert item.size == 1000
+    assert 1 * HOURS - 60 < item.age_s < 1 * HOURS + 60
+    assert item.owner == "process 123 on some-other-host" and not item.stale
+
+    os.utime(junk / "sub" / "b.gguf", (old, old))
+    [item] = find_leftovers(tmp_path, include_live=True)
+    assert 48 * HOURS - 60 < item.age_s < 48 * HOURS + 60 and item.stale
+    assert item.reason == "written on another host and untouched for over 24 h"
+
+
+def test_leftover_file_size_and_age(tmp_path: Path) -> None:
+    junk = tmp_path / f".m.gguf.{TEMP_MARK}-some-other-host-123-0123abcd"
+    junk.write_bytes(b"x" * 1234)
+    os.utime(junk, (time.time() - 2 * HOURS,) * 2)
+    [item] = find_leftovers(tmp_path, include_live=True)
+    assert item.size == 1234 and 2 * HOURS - 60 < item.age_s < 2 * HOURS + 60

@@ -54,6 +54,30 @@ def test_simulated_fault_is_detected_by_signal_and_only_that_type(
     assert found.broken == ()  # the fallback was probed for real, and works here
 
 
+def test_a_spinning_kernel_is_hung_by_its_cpu_time(
+    fresh_probe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGESTACK_PROBE_FAULT", "q4_0:spin")
+    monkeypatch.setattr(_kernels, "CHILD_CPU_LIMIT_S", 3.0)
+    settings.cache_clear()
+    found = _kernels.verdict()
+    assert found.faulty == ("q4_0",)
+    assert found.how == {"q4_0": "timeout"}
+
+
+def test_a_starved_child_is_waited_for_not_counted_as_hung(
+    fresh_probe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine busy with other work a child can wait long for a core: only its CPU time
+    counts (its q4_0 step here takes 3 s of sleep, no CPU, beyond a 2 s limit)."""
+    monkeypatch.setenv("EDGESTACK_PROBE_FAULT", "q4_0:slow")
+    monkeypatch.setattr(_kernels, "PROBED_TYPES", ("q4_0",))
+    monkeypatch.setattr(_kernels, "CHILD_CPU_LIMIT_S", 2.0)
+    settings.cache_clear()
+    found = _kernels.verdict()
+    assert found.faulty == () and found.how == {}
+
+
 @pytest.mark.parametrize(
     ("types", "expected"),
     [

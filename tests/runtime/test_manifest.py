@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_stack.errors import ManifestError, ModelFileNotFound
+from edge_stack.formats.grammar._validate import MAX_GRAMMAR_BYTES
 from edge_stack.manifest import MAX_STAGES, StackSpec, load_manifest
 
 from .conftest import MakeStack
@@ -525,3 +529,192 @@ def test_bundled_stack_stays_inside_its_folder() -> None:
     for stage in spec.stages:
         assert stage.model.is_relative_to(bundled.parent.resolve())
         assert stage.lora is None or stage.lora.is_relative_to(bundled.parent.resolve())
+
+
+# --- every refusal of a stage's file, whole message (issue 19: mutation testing) ---------------
+
+
+def _symlink_loop(root: Path) -> None:
+    (root / "loop.gguf").symlink_to(root / "loop.gguf")
+
+
+def _fifo(root: Path) -> None:
+    os.mkfifo(root / "fifo.gguf")
+
+
+def _folder(root: Path) -> None:
+    (root / "dir.gguf").mkdir()
+
+
+# case -> (the stage's model line, what to make in the stack folder, error type, the message
+# after "<stack.toml>: ", with {root} for the stack folder)
+FILE_ERRORS: dict[str, tuple[str, Callable[[Path], None] | None, type[Exception], str]] = {
+    "NUL in the path": (
+        'model = "a\\u0000b.gguf"',
+        None,
+        ManifestError,
+        "stage 's', key 'model': expected a file path, found a NUL character in it",
+    ),
+    "symlink loop": (
+        'model = "loop.gguf"',
+        _symlink_loop,
+        ManifestError,
+        "stage 's', key 'model': cannot resolve 'loop.gguf' (RuntimeError); fix the path or the "
+        "links",
+    ),
+    "outside the folder": (
+        'model = "../elsewhere.gguf"',
+        None,
+        ManifestError,
+        "stage 's', key 'model': expected a file inside the stack folder {root}, found "
+        "{root}/../elsewhere.gguf (symlinks resolved); move the file into the folder, or set "
+        "EDGESTACK_ALLOW_OUTSIDE_PATHS=1 if you trust this stack.toml",
+    ),
+    "a folder": (
+        'model = "dir.gguf"',
+        _folder,
+        ModelFileNotFound,
+        "stage 's', key 'model': {root}/dir.gguf is a folder, not a file; fix the path (it is "
+        "relative to stack.toml)",
+    ),
+    "a FIFO": (
+        'model = "fifo.gguf"',
+        _fifo,
+        ModelFileNotFound,
+        "stage 's', key 'model': {root}/fifo.gguf is not a regular file; fix the path (it is "
+        "relative to stack.toml)",
+    ),
+    "missing": (
+        'model = "none.gguf"',
+        None,
+        ModelFileNotFound,
+        "stage 's', key 'model': {root}/none.gguf does not exist; fix the path (it is relative "
+        "to stack.toml)",
+    ),
+    "bad pip:// value": (
+        'model = "pip://x"',
+        None,
+        ManifestError,
+        "stage 's', key 'model': 'pip://x' does not name a file of a Python package; write it as "
+        "pip://distribution/path/in/it.gguf (the path as the package installs it)",
+    ),
+    "bad hf:// value": (
+        'model = "hf://x/y"',
+        None,
+        ManifestError,
+        "stage 's', key 'model': 'hf://x/y' does not name a file in a Hub repository (owner, "
+        "name and a file path are needed); write it as hf://owner/name/path/in/repo.gguf or "
+        "...gguf@revision",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_ERRORS))
+def test_file_errors_name_the_stage_and_key(make_stack: MakeStack, case: str) -> None:
+    line, make, error, expected = FILE_ERRORS[case]
+    path = make_stack('version = 1\n[[stages]]\nname = "s"\nprompt = "{question}"\n' + line)
+    if make is not None:
+        make(path.parent)
+    with pytest.raises(error) as info:
+        load_manifest(path)
+    root = str(path.parent.resolve())
+    expected = expected.replace("{root}/../", str(path.parent.parent.resolve()) + "/")
+    assert str(info.value) == f"{path}: " + expected.replace("{root}", root)
+
+
+def test_unreadable_grammar_file(make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grammar file that cannot be opened (root reads anything: the open is made to fail)."""
+    path = make_stack("version = 1\n[[stages]]\n" + STAGE + 'grammar = "g.gbnf"\n')
+    (path.parent / "g.gbnf").write_text('root ::= "a"\n')
+    real_open = Path.open
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "g.gbnf":
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    grammar = path.parent.resolve() / "g.gbnf"
+    assert str(info.value) == (
+        f"{path}: stage 's', key 'grammar': cannot read {grammar}: Permission denied; check the "
+        "file and its permissions"
+    )
+
+
+def test_grammar_file_read_as_utf8(make_stack: MakeStack) -> None:
+    path = make_stack("version = 1\n[[stages]]\n" + STAGE + 'grammar = "g.gbnf"\n')
+    (path.parent / "g.gbnf").write_text('root ::= "é"\n', encoding="utf-8")
+    assert load_manifest(path).stages[0].grammar == 'root ::= "é"\n'
+
+
+# --- hf:// files: looked up in huggingface_hub's cache, never downloaded here -------------------
+
+_COMMIT_ID = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """huggingface_hub's cache in tmp_path, holding org/repo's m.gguf at main."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--repo"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(_COMMIT_ID)
+    (repo / "snapshots" / _COMMIT_ID).mkdir(parents=True)
+    (repo / "snapshots" / _COMMIT_ID / "m.gguf").write_bytes(b"gguf")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("key", ["model", "lora"])
+def test_hub_files_come_from_the_cache(make_stack: MakeStack, hub_cache: Path, key: str) -> None:
+    stage = 'name = "s"\nprompt = "{question}"\n'
+    stage += 'model = "base.gguf"\n' if key == "lora" else ""
+    cached = f'{key} = "hf://org/repo/m.gguf"\n'
+    missing = f'{key} = "hf://org/repo/other.gguf"\n'
+    path = make_stack("version = 1\n[[stages]]\n" + stage + cached)
+    spec = load_manifest(path)
+    assert getattr(spec.stages[0], key) == hub_cache / "models--org--repo" / "snapshots" / (
+        _COMMIT_ID + "/m.gguf"
+    )
+
+    path = make_stack("version = 1\n[[stages]]\n" + stage + missing)
+    with pytest.raises(ModelFileNotFound) as info:
+        load_manifest(path)
+    assert str(info.value) == (
+        f"{path}: stage 's', key '{key}': hf://org/repo/other.gguf is not in the Hugging Face "
+        f"cache ({hub_cache}); download it with `edgestack pull` (for a pulled stack: pull it "
+        "again), or connect once"
+    )
+    # inspect: a path that says it is not cached (and does not exist)
+    spec = load_manifest(path, check_files=False)
+    assert getattr(spec.stages[0], key) == hub_cache / "not-cached" / "org/repo" / "other.gguf"
+
+
+def test_stage_by_name(make_stack: MakeStack) -> None:
+    spec = load_manifest(make_stack(GOOD, GOOD_FILES))
+    assert spec.stage("answer") is spec.stages[1] and spec.stage("extract") is spec.stages[0]
+    with pytest.raises(KeyError, match="nope"):
+        spec.stage("nope")
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_grammar_file_size_limit(make_stack: MakeStack, extra: int) -> None:
+    """A grammar file of exactly MAX_GRAMMAR_BYTES loads; one byte more is refused unread."""
+    path = make_stack("version = 1\n[[stages]]\n" + STAGE + 'grammar = "g.gbnf"\n')
+    head = 'root ::= "a"\n#'
+    text = head + "x" * (MAX_GRAMMAR_BYTES + extra - len(head) - 1) + "\n"
+    (path.parent / "g.gbnf").write_text(text)
+    if not extra:
+        assert load_manifest(path).stages[0].grammar == text
+        return
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    grammar = path.parent.resolve() / "g.gbnf"
+    assert str(info.value) == (
+        f"{path}: stage 's', key 'grammar': GBNF grammar file {grammar}: expected at most "
+        f"{MAX_GRAMMAR_BYTES:,} bytes, found {MAX_GRAMMAR_BYTES + 1:,}; make the grammar smaller"
+    )

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import pytest
 
 from edge_stack.errors import ManifestError
-from edge_stack.manifest import MAX_LORA_SCALE, MAX_REPEAT_PENALTY, load_manifest
+from edge_stack.manifest import (
+    MAX_LORA_SCALE,
+    MAX_REPEAT_PENALTY,
+    _float_range,
+    _int_range,
+    load_manifest,
+)
 from edge_stack.util._limits import MAX_N_CTX
 
 from .conftest import MakeStack
@@ -63,3 +72,45 @@ def test_max_tokens_from_defaults_is_checked_against_each_stage(make_stack: Make
 )
 def test_bounds_themselves_are_allowed(make_stack: MakeStack, extra: str) -> None:
     assert load_manifest(make_stack("version = 1\n[[stages]]\n" + STAGE + extra)).stages
+
+
+# The range checkers themselves, built inside the test: the manifest builds its own at import,
+# where a mutation tool cannot reach them (issue 19).
+# (kind, lo, hi, lo_open, value, the value returned or the error)
+RANGES: list[tuple[str, float, float | None, bool, object, object]] = [
+    ("int", 1, None, False, 1, 1),
+    ("int", 1, None, False, 0, "must be an integer of at least 1, got 0"),
+    ("int", 1, 5, False, 5, 5),
+    ("int", 1, 5, False, 6, "must be an integer of at least 1 and at most 5, got 6"),
+    ("int", 1, 5, False, True, "must be an integer of at least 1 and at most 5, got True"),
+    ("int", 1, 5, False, 2.0, "got 2.0"),
+    ("int", 0, None, False, 10**30, 10**30),
+    ("float", 0.0, 1.0, False, 0.0, 0.0),
+    ("float", 0.0, 1.0, False, 1, 1.0),
+    ("float", 0.0, 1.0, False, -0.5, "must be a number at least 0.0 and at most 1.0, got -0.5"),
+    ("float", 0.0, 1.0, False, 1.5, "must be a number at least 0.0 and at most 1.0, got 1.5"),
+    ("float", 0.0, 1.0, True, 0.0, "must be a number above 0.0 and at most 1.0, got 0.0"),
+    ("float", 0.0, 1.0, True, 1e-9, 1e-9),
+    ("float", 0.0, 1.0, True, 1.0, 1.0),
+    ("float", 0.0, 1.0, False, float("nan"), "got nan"),
+    ("float", 0.0, 1.0, False, "0.5", "got '0.5'"),
+]
+
+
+@pytest.mark.parametrize(("kind", "lo", "hi", "lo_open", "value", "expected"), RANGES)
+def test_range_checkers(
+    kind: str, lo: float, hi: float | None, lo_open: bool, value: object, expected: object
+) -> None:
+    check: Callable[[object], object]
+    # the defaults (no upper bound, a closed lower bound) are left to the checkers
+    if kind == "int":
+        check = _int_range(int(lo)) if hi is None else _int_range(int(lo), int(hi))
+    else:
+        assert hi is not None
+        check = _float_range(lo, hi, lo_open=True) if lo_open else _float_range(lo, hi)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            check(value)
+    else:
+        got = check(value)
+        assert got == expected and type(got) is type(expected)

@@ -17,6 +17,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             _quantize(lib, source, target, qtype)
         if qtype in faults:
             os.kill(os.getpid(), signal.SIGSEGV)
+        if f"{qtype}:spin" in faults:  # (tests) a kernel that never returns, burning CPU
+            while True:
+                pass
+        if f"{qtype}:slow" in faults:  # (tests) a starved machine: slow, but using no CPU
+            time.sleep(3)
         _run(lib, target, safe=args.safe)
         print(f"ok {qtype}", flush=True)
     return 0

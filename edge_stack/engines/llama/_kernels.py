@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import signal
 import subprocess
@@ -59,8 +60,13 @@ PROBE_VERSION = 1
 PROBED_TYPES = ("f16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q2_k", "iq4_nl", "iq4_xs")
 #: the largest verdict file read (one is a few hundred bytes); a larger one is damaged
 MAX_VERDICT_BYTES = 64 * 1024
-#: a child that takes longer than this is counted as hung (the whole probe takes ~2 s)
-CHILD_TIMEOUT_S = 120.0
+#: a child that has used this much CPU time is counted as hung (the whole probe takes ~2 s).
+#: CPU time, not wall time: on a machine busy with other work a child can wait minutes for a
+#: core without being hung, and a wall-clock limit would then cache a false verdict.
+CHILD_CPU_LIMIT_S = 60.0
+#: a child that has not finished after this long is counted as hung whatever its CPU time
+#: (a kernel stuck without spinning)
+CHILD_WALL_LIMIT_S = 1800.0
 #: the command that gives a build whose kernels all work (no AMX, repacking kept)
 REINSTALL = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
@@ -135,6 +141,40 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a live child has used; None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _run_child(cmd: list[str]) -> tuple[str, int | None, str]:
+    """Run a probe child; (stdout, return code or None if it was killed as hung, stderr)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
+        started = time.monotonic()
+        code: int | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                cpu = _cpu_seconds(proc.pid)
+                waited = time.monotonic() - started
+                # Where CPU time cannot be read, wall time stands in for it.
+                if (cpu if cpu is not None else waited) > CHILD_CPU_LIMIT_S or (
+                    waited > CHILD_WALL_LIMIT_S
+                ):
+                    proc.kill()
+                    proc.wait()
+                    break
+        out.seek(0)
+        err.seek(0)
+        return out.read(), code, err.read()
+
+
 def _probe(folder: Path, types: Iterable[str], *, safe: bool, fault: str) -> dict[str, str]:
     """Run the child over ``types`` (restarting after each death); return {type: how it died}."""
     pending = list(types)
@@ -144,21 +184,12 @@ def _probe(folder: Path, types: Iterable[str], *, safe: bool, fault: str) -> dic
         cmd += ["--types", ",".join(pending)] + (["--safe"] if safe else [])
         if fault:
             cmd += ["--fault", fault]
-        try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=CHILD_TIMEOUT_S,
-                stdin=subprocess.DEVNULL,
-            )
-            out, code = proc.stdout, proc.returncode
-            how = _signal_name(code) if code < 0 else f"exit {code}"
-            err = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
-        except subprocess.TimeoutExpired as exc:
-            raw = exc.stdout or b""
-            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        out, code, stderr = _run_child(cmd)
+        if code is None:
             code, how, err = -1, "timeout", []
+        else:
+            how = _signal_name(code) if code < 0 else f"exit {code}"
+            err = stderr.strip().splitlines()[-1:]
         done = {line.split()[1] for line in out.splitlines() if line.startswith("ok ")}
         started = [line.split()[1] for line in out.splitlines() if line.startswith("start ")]
         if code == 0:
