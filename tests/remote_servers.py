@@ -219,6 +219,9 @@ def sse(handler: BaseHTTPRequestHandler, events: list[bytes], *, status: int = 2
     """Answer with server-sent events (each item is one ``data:`` payload, sent as it is)."""
     handler.send_response(status)
     handler.send_header("Content-Type", "text/event-stream")
+    # The handlers close every connection: saying so keeps the client from reusing one the
+    # server is closing (a race that dropped the next request now and then).
+    handler.send_header("Connection", "close")
     handler.end_headers()
     for event in events:
         handler.wfile.write(b"data: " + event + b"\n\n")
@@ -237,6 +240,7 @@ def status(handler: BaseHTTPRequestHandler, code: int, body: object, **headers: 
     handler.send_response(code)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(data)))
+    handler.send_header("Connection", "close")
     for name, value in headers.items():
         handler.send_header(name.replace("_", "-"), value)
     handler.end_headers()

@@ -133,14 +133,19 @@ class HttpStage:
         (for optional facts about a server, such as llama-server's slots)."""
         import httpx
 
-        try:
-            response = self._http().get(url, headers=self.headers(False))
-            if response.status_code != 200 or len(response.content) > MAX_EVENT_BYTES:
+        for attempt in (1, 2):
+            try:
+                response = self._http().get(url, headers=self.headers(False))
+                if response.status_code != 200 or len(response.content) > MAX_EVENT_BYTES:
+                    return None
+                return response.json()
+            except httpx.RemoteProtocolError as exc:
+                # A kept-alive connection the server had just closed: once more, on a new one.
+                logger.debug("%s: GET %s failed (attempt %d): %s", self.where, url, attempt, exc)
+            except (httpx.HTTPError, ValueError, RemoteEngineError) as exc:
+                logger.debug("%s: GET %s failed: %s", self.where, url, exc)
                 return None
-            return response.json()
-        except (httpx.HTTPError, ValueError, RemoteEngineError) as exc:
-            logger.debug("%s: GET %s failed: %s", self.where, url, exc)
-            return None
+        return None
 
     def stream(
         self, path: str, body: dict[str, Any], cancel: threading.Event, *, ndjson: bool = False
