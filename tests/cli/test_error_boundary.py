@@ -178,3 +178,99 @@ def test_debug_and_verbose_in_a_real_process(tiny_stack: Path, tmp_path: Path) -
 
 def test_library_errors_are_one_line_edgestack_errors() -> None:
     assert issubclass(ManifestError, EdgeStackError) and issubclass(ManifestError, ValueError)
+
+
+# --- the boundary's own branches, with the app replaced (mutation testing found them untested) --
+
+
+def _app_that(outcome: object) -> Callable[..., object]:
+    def app(**_: object) -> object:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [
+        (SystemExit(5), 5),  # a SystemExit that is not about stdout keeps its code
+        (typer.Exit(4), 4),
+        (0, None),  # a command's return value: 0 and None are success
+        (None, None),
+        (True, None),  # a bool is not an exit code
+        (3, 3),
+    ],
+)
+def test_exit_codes_pass_the_boundary(
+    outcome: object, code: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge_stack.cli as cli
+
+    monkeypatch.setattr(cli, "app", _app_that(outcome))
+    if code is None:
+        assert cli.main([]) is None
+        return
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("exc", "line"),
+    [
+        (
+            __import__("click").ClickException("Bad value."),  # no ctx at all
+            "edgestack: error: Bad value; see 'edgestack --help'",
+        ),
+        (
+            __import__("click").UsageError("Missing thing.", ctx=None),
+            "edgestack: error: Missing thing; see 'edgestack --help'",
+        ),
+    ],
+)
+def test_usage_line_without_a_context(exc: Exception, line: str) -> None:
+    from edge_stack.cli import _usage_line
+
+    assert _usage_line(exc) == line  # type: ignore[arg-type]
+
+
+def test_usage_line_names_the_subcommand() -> None:
+    import click
+
+    from edge_stack.cli import _usage_line
+
+    ctx = click.Context(click.Command("ask"), info_name="edgestack ask")
+    assert _usage_line(click.UsageError("No such option: --x.", ctx=ctx)) == (
+        "edgestack: error: No such option: --x; see 'edgestack ask --help'"
+    )
+
+    class Bare:  # a context without a command path
+        pass
+
+    exc = click.UsageError("Odd.")
+    exc.ctx = Bare()  # type: ignore[assignment]
+    assert _usage_line(exc) == "edgestack: error: Odd; see 'edgestack --help'"
+
+
+def test_exit_130_from_a_command_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import edge_stack.cli as cli
+
+    monkeypatch.setattr(cli, "app", _app_that(typer.Exit(130)))
+    with pytest.raises(SystemExit) as info:
+        cli.main([])
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "edgestack: interrupted\n"
+
+
+def test_no_arguments_show_the_help_not_an_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import edge_stack.cli as cli
+
+    with pytest.raises(SystemExit):
+        cli.main([])
+    out = capsys.readouterr()
+    assert "Usage:" in out.out + out.err
+    assert "edgestack: error:" not in out.out + out.err
