@@ -133,14 +133,14 @@ _MISSING = object()
 def check_client(bundle: Bundle, text: str, path: Path) -> StackSpec:
     """Parse and validate the client's stack.toml as Stack.load will, over the copied files, and
     check that the engine can carry every stage's settings."""
+    from ..engines._backend import stage_params
     from ..engines.remote._dialects import DIALECTS, unsupported
-    from ..engines.remote._runner import stage_generation
 
     client = parse_manifest(tomllib.loads(text), path, check_files=True)
     for stage in client.stages:
         assert stage.remote is not None
         problem = unsupported(
-            DIALECTS[stage.remote.engine], stage_generation(stage), lora_scale=stage.lora_scale
+            DIALECTS[stage.remote.engine], stage_params(stage), lora_scale=stage.lora_scale
         )
         if problem is not None:
             key, why = problem

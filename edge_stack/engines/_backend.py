@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..formats._template import Rendered
+
+if TYPE_CHECKING:
+    from ..manifest import StageSpec
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,22 @@ class GenerationParams:
     grammar: str | None
     #: most tokens prompt-lookup drafting may check per step (0: off); local engines only
     draft: int = 0
+
+
+def stage_params(stage: StageSpec) -> GenerationParams:
+    """A stage's own sampling and stopping settings from its manifest (no overrides; drafting
+    off: callers that draft set it)."""
+    return GenerationParams(
+        max_tokens=stage.max_tokens,
+        temperature=stage.temperature,
+        top_k=stage.top_k,
+        top_p=stage.top_p,
+        min_p=stage.min_p,
+        repeat_penalty=stage.repeat_penalty,
+        seed=stage.seed,
+        stop=stage.stop,
+        grammar=stage.grammar,
+    )
 
 
 @dataclass(frozen=True)

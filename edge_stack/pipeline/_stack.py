@@ -22,7 +22,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import replace
 from types import TracebackType
 
-from ..engines._backend import Backend, Chunk, GenerationParams, StageRunner
+from ..engines._backend import Backend, Chunk, GenerationParams, StageRunner, stage_params
 from ..errors import BadArgument, Cancelled, ContextOverflowError, EngineError
 from ..formats._template import Rendered, Segment, render
 from ..manifest import MEMORY_MODES, StackSpec, StageSpec, load_manifest
@@ -547,15 +547,11 @@ def _warn_past_training(spec: StackSpec, backend: Backend) -> None:
 def _params(
     stage: StageSpec, max_tokens: int | None, temperature: float | None, seed: int | None
 ) -> GenerationParams:
-    return GenerationParams(
-        max_tokens=stage.max_tokens if max_tokens is None else max_tokens,
-        temperature=stage.temperature if temperature is None else temperature,
-        top_k=stage.top_k,
-        top_p=stage.top_p,
-        min_p=stage.min_p,
-        repeat_penalty=stage.repeat_penalty,
-        seed=stage.seed if seed is None else seed,
-        stop=stage.stop,
-        grammar=stage.grammar,
+    own = stage_params(stage)
+    return replace(
+        own,
+        max_tokens=own.max_tokens if max_tokens is None else max_tokens,
+        temperature=own.temperature if temperature is None else temperature,
+        seed=own.seed if seed is None else seed,
         draft=stage.draft,
     )

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..engines._backend import Chunk, GenerationParams
+from ..engines._backend import Chunk, GenerationParams, stage_params
 from ..errors import GrammarError, ModelNotFound
 from ..formats._template import Rendered, Segment
 from ..formats.grammar._validate import validate_grammar
-from ..manifest import STAGE_KEYS, StageSpec
+from ..manifest import STAGE_KEYS
 from ._pool import StackPool
 from ._protocol import RequestError
 
@@ -48,20 +48,6 @@ class StageRequest:
 def is_stage_model(body: object) -> bool:
     """True for a completions body whose model names a stage (``STACK/STAGE``)."""
     return isinstance(body, dict) and isinstance(body.get("model"), str) and "/" in body["model"]
-
-
-def _own_params(stage: StageSpec) -> GenerationParams:
-    return GenerationParams(
-        max_tokens=stage.max_tokens,
-        temperature=stage.temperature,
-        top_k=stage.top_k,
-        top_p=stage.top_p,
-        min_p=stage.min_p,
-        repeat_penalty=stage.repeat_penalty,
-        seed=stage.seed,
-        stop=stage.stop,
-        grammar=stage.grammar,
-    )
 
 
 def _prompt(value: object) -> str | tuple[int, ...]:
@@ -139,7 +125,7 @@ def parse_stage_request(body: Mapping[str, Any], pool: StackPool) -> StageReques
         prompt=_prompt(body.get("prompt")),
         stream=stream,
         include_usage=bool(options and options.get("include_usage")),
-        params=replace(_own_params(stage), **changes),
+        params=replace(stage_params(stage), **changes),
     )
 
 

@@ -25,7 +25,7 @@ from ...formats._template import Rendered
 from ...manifest import RemoteSpec, StackSpec, StageSpec
 from ...util._limits import MAX_N_CTX
 from ...util._pins import check_pin
-from .._backend import Chunk, GenerationParams, StopScanner
+from .._backend import Chunk, GenerationParams, StopScanner, stage_params
 from ._dialects import DIALECTS, BadAnswer, engine_error, parse_piece, request_body, unsupported
 from ._http import HttpStage, one_line
 
@@ -46,21 +46,6 @@ class PromptTokens(list[int]):
         self.text = text
 
 
-def stage_generation(stage: StageSpec) -> GenerationParams:
-    """A stage's own generation settings (no per-call overrides)."""
-    return GenerationParams(
-        max_tokens=stage.max_tokens,
-        temperature=stage.temperature,
-        top_k=stage.top_k,
-        top_p=stage.top_p,
-        min_p=stage.min_p,
-        repeat_penalty=stage.repeat_penalty,
-        seed=stage.seed,
-        stop=stage.stop,
-        grammar=stage.grammar,
-    )
-
-
 class RemoteRunner:
     """One stage on an OpenAI-compatible server or Ollama (:data:`DIALECTS`)."""
 
@@ -71,7 +56,7 @@ class RemoteRunner:
         self.remote: RemoteSpec = stage.remote
         self.dialect = DIALECTS[self.remote.engine]
         self.where = f"{spec.path}, stage {stage.name}"
-        problem = unsupported(self.dialect, stage_generation(stage), lora_scale=stage.lora_scale)
+        problem = unsupported(self.dialect, stage_params(stage), lora_scale=stage.lora_scale)
         if problem is not None:
             key, why = problem
             raise ManifestError(f"{spec.path}: stage '{stage.name}', key '{key}': {why}")
