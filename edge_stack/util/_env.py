@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ._limits import parse_threads
+from ._limits import cpu_threads, parse_threads
 
 
 def _flag(value: str | None) -> bool:
@@ -128,14 +128,6 @@ def other_runnable_tasks() -> int | None:
     return max(0, int(statistics.median(counts)) - 1)  # the count includes this reader
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def openmp_policy(others: int | None = None, cores: int | None = None) -> dict[str, str]:
     """The OpenMP variables edgestack sets for llama.cpp's threads (empty if the user set one).
 
@@ -154,7 +146,7 @@ def openmp_policy(others: int | None = None, cores: int | None = None) -> dict[s
     if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return {}
     others = other_runnable_tasks() if others is None else others
-    cores = usable_cores() if cores is None else cores
+    cores = cpu_threads() if cores is None else cores
     if others is not None and others >= BUSY_TASKS_PER_CORE * cores:
         return dict(OPENMP_BUSY)
     return dict(OPENMP_DEFAULTS)

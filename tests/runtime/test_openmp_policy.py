@@ -34,7 +34,7 @@ def _no_user_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_choice_follows_other_work(others: int | None, cores: int, expected: dict[str, str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setattr(_env, "other_runnable_tasks", lambda: others)
-    monkeypatch.setattr(_env, "usable_cores", lambda: cores)
+    monkeypatch.setattr(_env, "cpu_threads", lambda: cores)
     assert openmp_policy() == expected
     assert openmp_policy(others, cores) == expected
 
@@ -62,7 +62,7 @@ def test_busy_processes_are_counted() -> None:
 
 def test_quiet_openmp_sets_the_choice_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_env, "other_runnable_tasks", lambda: 0)
-    monkeypatch.setattr(_env, "usable_cores", lambda: 2)
+    monkeypatch.setattr(_env, "cpu_threads", lambda: 2)
     _env.quiet_openmp()
     assert {k: _env.os.environ.get(k) for k in OPENMP_DEFAULTS} == OPENMP_DEFAULTS
     assert "OMP_WAIT_POLICY" not in _env.os.environ
