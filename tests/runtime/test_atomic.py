@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from output_nodes import char_device, fifo, link_to
@@ -290,7 +291,13 @@ VERDICTS: dict[str, tuple[str, object, float | None, float, tuple[bool, str]]] =
             r"untouched for over 24 h$",
         ),
     ),
-    "this process": ("this", "self", None, 10 * STALE_AFTER_S, (False, "this process is using")),
+    "this process": (
+        "this",
+        "self",
+        None,
+        10 * STALE_AFTER_S,
+        (False, "^this process is using it$"),
+    ),
     "pid 0": ("this", 0, None, 0.0, (True, r"^process 0 cannot exist$")),
     "pid -1": ("this", -1, None, 0.0, (True, r"^process -1 cannot exist$")),
     "pid at the limit": ("this", _atomic._PID_MAX, None, 0.0, (True, "cannot exist")),
@@ -413,6 +420,27 @@ def test_leftover_size_and_age_count_everything_inside(tmp_path: Path) -> None:
     [item] = find_leftovers(tmp_path, include_live=True)
     assert 48 * HOURS - 60 < item.age_s < 48 * HOURS + 60 and item.stale
     assert item.reason == "written on another host and untouched for over 24 h"
+
+
+def test_leftover_folder_whose_files_vanish_while_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file removed between listing the folder and measuring it (its owner cleaning up) is
+    skipped, not an error: the rest of the folder still counts."""
+    junk = tmp_path / f".m.gguf.{TEMP_MARK}-some-other-host-123-0123abcd"
+    junk.mkdir()
+    (junk / "kept.gguf").write_bytes(b"x" * 300)
+    (junk / "gone.gguf").write_bytes(b"x" * 700)
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).endswith("gone.gguf"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(_atomic.os, "lstat", lstat)
+    [item] = find_leftovers(tmp_path, include_live=True)
+    assert item.size == 300
 
 
 def test_leftover_file_size_and_age(tmp_path: Path) -> None:

@@ -718,3 +718,33 @@ def test_grammar_file_size_limit(make_stack: MakeStack, extra: int) -> None:
         f"{path}: stage 's', key 'grammar': GBNF grammar file {grammar}: expected at most "
         f"{MAX_GRAMMAR_BYTES:,} bytes, found {MAX_GRAMMAR_BYTES + 1:,}; make the grammar smaller"
     )
+
+
+def test_grammar_file_is_read_only_up_to_the_limit(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge grammar file (here a sparse 1 GiB one) is refused after reading one byte past the
+    limit: no more than that is ever asked of the file."""
+    path = make_stack("version = 1\n[[stages]]\n" + STAGE + 'grammar = "g.gbnf"\n')
+    grammar = path.parent / "g.gbnf"
+    with grammar.open("wb") as f:
+        f.truncate(1 << 30)
+    asked: list[int | None] = []
+    real_open = Path.open
+
+    def recording_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        file = real_open(self, *args, **kwargs)
+        if self.name == "g.gbnf":
+            read = file.read
+
+            def bounded_read(n: int | None = -1) -> Any:
+                asked.append(n)
+                return read(n)
+
+            file.read = bounded_read
+        return file
+
+    monkeypatch.setattr(Path, "open", recording_open)
+    with pytest.raises(ManifestError, match=f"found {1 << 30:,}; make the grammar smaller"):
+        load_manifest(path)
+    assert asked == [MAX_GRAMMAR_BYTES + 1]
