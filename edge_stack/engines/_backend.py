@@ -36,8 +36,11 @@ class GenerationParams:
 
 
 def stage_params(stage: StageSpec) -> GenerationParams:
-    """A stage's own sampling and stopping settings from its manifest (no overrides; drafting
-    off: callers that draft set it)."""
+    """A stage's own sampling, stopping and drafting settings from its manifest (no overrides).
+
+    Every caller that runs a stage starts here (``Stack.ask``, the server's ``STACK/STAGE``
+    calls), so they all draft as the stage's ``draft`` key says (always 0 on a remote stage).
+    """
     return GenerationParams(
         max_tokens=stage.max_tokens,
         temperature=stage.temperature,
@@ -48,6 +51,7 @@ def stage_params(stage: StageSpec) -> GenerationParams:
         seed=stage.seed,
         stop=stage.stop,
         grammar=stage.grammar,
+        draft=stage.draft,
     )
 
 

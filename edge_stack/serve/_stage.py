@@ -5,8 +5,9 @@ a prompt the client rendered (a remote stage with ``engine = "edgestack"``): tok
 (special tokens written in it are parsed, as llama-server does). Every sampling field the local
 engine has may be sent (``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
 ``repeat_penalty``, ``seed``, ``stop``, ``grammar``); a field left out takes the served stage's
-own value, and each is checked as stack.toml's key is. The answer is OpenAI's text completion
-(streamed as server-sent events with ``"stream": true``), with usage.
+own value, and each is checked as stack.toml's key is. The stage's own ``draft`` (prompt-lookup
+drafting) applies, as in ``Stack.ask``. The answer is OpenAI's text completion (streamed as
+server-sent events with ``"stream": true``), with usage.
 """
 
 from __future__ import annotations

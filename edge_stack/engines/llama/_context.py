@@ -525,23 +525,50 @@ class LlamaContext(NativeHandle):
             ctypes.memset(batch.logits, 1 if all_logits else 0, n)
             if not all_logits and start + n == len(ids):
                 batch.logits[n - 1] = 1
-            self._select()
-            with llama_errors() as errors:
-                rc = lib.llama_decode(self._ctx, batch)
-            if rc != 0:
-                # The cache state after a failed decode is not ours to guess: start over next time.
-                self._clear_memory()
-                self._tokens = []
-                self._reusable = 0
-                raise EngineError(
-                    f"llama_decode failed (code {rc}) at position {pos0} of {self.n_ctx} "
-                    f"for {self.model.path}: {reason(errors)}"
-                )
-            self._tokens.extend(int(t) for t in chunk)
+            self._decode_batch(pos0)
+            self._tokens.extend(chunk.tolist())
             if rows is not None and all_logits:
                 ptr = lib.llama_get_logits(self._ctx)
                 rows.append(np.ctypeslib.as_array(ptr, shape=(n, self.model.n_vocab)).copy())
         return True
+
+    def _decode_few(self, ids: list[int], *, all_logits: bool) -> None:
+        """Append a generation step's few tokens (the sampled one, then any draft) to the KV
+        cache: the batch :meth:`_decode` would fill, written without numpy, which costs more
+        than the copy for so few tokens (caller holds the lock). Logits for every position with
+        ``all_logits``, else for the last."""
+        n = len(ids)
+        if n > self.n_batch or type(self)._decode is not LlamaContext._decode:
+            # more than one llama_decode call, or a subclass that prepares the batch itself
+            self._decode(np.array(ids, dtype=np.int32), all_logits=all_logits)
+            return
+        batch = self._batch
+        pos0 = len(self._tokens)
+        token, pos, logits = batch.token, batch.pos, batch.logits
+        flag = 1 if all_logits else 0
+        for i, t in enumerate(ids):
+            token[i] = t
+            pos[i] = pos0 + i
+            logits[i] = flag
+        logits[n - 1] = 1
+        batch.n_tokens = n
+        self._decode_batch(pos0)
+        self._tokens.extend(ids)
+
+    def _decode_batch(self, pos0: int) -> None:
+        """One llama_decode call on the filled batch, whose first token is at ``pos0``."""
+        self._select()
+        with llama_errors() as errors:
+            rc = _lib().llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            # The cache state after a failed decode is not ours to guess: start over next time.
+            self._clear_memory()
+            self._tokens = []
+            self._reusable = 0
+            raise EngineError(
+                f"llama_decode failed (code {rc}) at position {pos0} of {self.n_ctx} "
+                f"for {self.model.path}: {reason(errors)}"
+            )
 
     def _reuse_prefix(self, ids: np.ndarray) -> int:
         """Drop the cache after the reusable part of the common prefix with ``ids``.
@@ -654,9 +681,9 @@ class LlamaContext(NativeHandle):
         room = min(left - 1, self.n_ctx - len(self._tokens) - 1)
         guess = drafter.draft(history, room) if drafter is not None else []
         if not guess:
-            self._decode(np.array([tok], dtype=np.int32))
+            self._decode_few([tok], all_logits=False)
             return [(int(lib.llama_sampler_sample(sampler, self._ctx, -1)), False)]
-        self._decode(np.array([tok, *guess], dtype=np.int32), all_logits=True)
+        self._decode_few([tok, *guess], all_logits=True)
         out: list[tuple[int, bool]] = []
         for i, guessed in enumerate(guess):
             picked = int(lib.llama_sampler_sample(sampler, self._ctx, i))

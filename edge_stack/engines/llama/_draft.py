@@ -38,14 +38,22 @@ def find_draft(history: Sequence[int], limit: int) -> list[int]:
         return []
     h = list(history[-WINDOW:])
     size = len(h)
-    for n in range(min(NGRAM_MAX, size - 1), NGRAM_MIN - 1, -1):
+    if size < 2:
+        return []
+    # Where the last token occurred before (list.index searches in C): an earlier n-gram equal
+    # to the tail ends at one of them, and is followed by at least one token.
+    last, ends, at = h[-1], [], -1
+    try:
+        while True:
+            at = h.index(last, at + 1, size - 1)
+            ends.append(at)
+    except ValueError:
+        pass
+    for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
         tail = h[size - n :]
-        # the most recent earlier occurrence whose continuation is not the tail itself
-        for start in range(size - n - 1, -1, -1):
-            if h[start : start + n] == tail:
-                follow = h[start + n : start + n + limit]
-                if follow:
-                    return follow
+        for end in reversed(ends):  # the most recent first
+            if end >= n - 1 and h[end - n + 1 : end + 1] == tail:
+                return h[end + 1 : end + 1 + limit]
     return []
 
 

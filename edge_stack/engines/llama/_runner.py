@@ -11,8 +11,8 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from ...errors import EdgeStackError, EngineError
 from ...formats._template import Rendered, Segment, tokenize_rendered
@@ -214,7 +214,7 @@ class LlamaRunner:
     def _stream(
         self, tokens: Sequence[int], params: GenerationParams, cancel: threading.Event
     ) -> Iterator[Chunk]:
-        stream = self.context.generate(tokens, **asdict(params), cancel=cancel)
+        stream = self.context.generate(tokens, **_kwargs(params), cancel=cancel)
         try:
             for item in stream:
                 # id -1 carries held-back text at the end, not a new token.
@@ -283,7 +283,7 @@ class LlamaRunner:
         for start in range(0, len(prompts), batch_size):
             outs = ctx.generate_batch(
                 prompts[start : start + batch_size],
-                **asdict(params),
+                **_kwargs(params),
                 cancel=cancel,
             )
             chunks.extend(Chunk(o.text, o.stats.completion_tokens, o.seconds) for o in outs)
@@ -318,3 +318,9 @@ def check_stage_files(spec: StackSpec, stage: StageSpec) -> None:
     check_pin(stage.model, stage.sha256, where=f"{where}, key 'sha256'")
     if stage.lora is not None:
         check_pin(stage.lora, stage.lora_sha256, where=f"{where}, key 'lora_sha256'")
+
+
+def _kwargs(params: GenerationParams) -> dict[str, Any]:
+    """``params`` as keyword arguments: a shallow ``asdict`` (whose deep copy costs more than a
+    short stage's generation loop; the values are immutable)."""
+    return {f.name: getattr(params, f.name) for f in fields(params)}
