@@ -87,7 +87,12 @@ TARGETS: dict[str, Target] = {
             "edge_stack/formats/gguf/_tensors.py",
             "edge_stack/formats/gguf/_adapter.py",
         ),
-        ("tests/runtime/test_gguf_check.py", "tests/runtime/test_gguf_adapter_check.py"),
+        (
+            "tests/runtime/test_gguf_check.py",
+            "tests/runtime/test_gguf_adapter_check.py",
+            "tests/runtime/test_gguf_tensor_plans.py",
+            "tests/runtime/test_gguf_metadata_rules.py",
+        ),
     ),
     "recipe": Target(("edge_stack/builder/recipe.py",), ("tests/convert/test_recipe.py",)),
     "atomic": Target(("edge_stack/util/_atomic.py",), ("tests/runtime/test_atomic.py",)),

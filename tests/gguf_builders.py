@@ -205,8 +205,11 @@ def write_adapter(
     rank_b: int = RANK,
     extra: dict[str, tuple[int, ...]] | None = None,
     drop: Sequence[str] = (),
+    kv: Mapping[str, gguf.GGUFValue | None] | None = None,
 ) -> Path:
     """A LoRA adapter GGUF for the tensors ``targets`` of a llama base with these sizes.
+
+    ``kv`` sets (or with None, deletes) metadata keys, as in :func:`write_model`.
 
     GGUF (ggml) order: base weight [n_in, n_out], lora_a [n_in, r], lora_b [r, n_out]; numpy
     shapes are the reverse. token_embd swaps the roles (lora_a [r, n_vocab], lora_b [r, n_embd]).
@@ -231,5 +234,10 @@ def write_adapter(
     for name, shape in tensors.items():
         if name not in drop:
             w.add_tensor(name, (rng.standard_normal(shape) * 0.01).astype(np.float32))
+    for key, value in (kv or {}).items():
+        if value is None:
+            del w.kv_data[0][key.format(arch=arch)]
+        else:
+            w.kv_data[0][key.format(arch=arch)] = value
     write(w)
     return path

@@ -99,9 +99,11 @@ class _Plan:
         n_v: Dim,
         *,
         fused_only: bool = False,
-        separate_required: bool = True,
     ) -> None:
-        """create_tensor_qkv: a fused attn_qkv if the file has one, else attn_q/k/v."""
+        """create_tensor_qkv: a fused attn_qkv if the file has one, else attn_q/k/v.
+
+        The separate ones are required without a fused one even where llama.cpp's loader marks
+        them optional (Phi-3): its graph multiplies by them unchecked, a NULL dereference."""
         E = self.E
         total: Dim = (f"{n_q[0]} + {n_k[0]} + {n_v[0]}", n_q[1] + n_k[1] + n_v[1])
         fused = self.matrix(_T.ATTN_QKV, (E, total), i, required=fused_only)
@@ -113,7 +115,7 @@ class _Plan:
                 return
         else:
             for tensor, n in ((_T.ATTN_Q, n_q), (_T.ATTN_K, n_k), (_T.ATTN_V, n_v)):
-                self.matrix(tensor, (E, n), i, required=separate_required)
+                self.matrix(tensor, (E, n), i)
         for tensor, n in ((_T.ATTN_Q, n_q), (_T.ATTN_K, n_k), (_T.ATTN_V, n_v)):
             self.add(tensor, "bias", (n,), i, required=False)
 
@@ -242,7 +244,7 @@ def _phi3(p: _Plan) -> None:
     up: Dim = ("2 * n_ff", 2 * h.n_ff)
     for i in range(h.n_layer):
         p.add(_T.ATTN_NORM, "weight", (E,), i)
-        p.qkv(i, E, kv, kv, separate_required=False)
+        p.qkv(i, E, kv, kv)
         p.matrix(_T.ATTN_OUT, (E, E), i)
         p.add(_T.FFN_NORM, "weight", (E,), i)
         p.matrix(_T.FFN_DOWN, (F, E), i)
