@@ -69,6 +69,9 @@ class Settings:
     steps_answer: int = 300
     #: 0: the three stages' steps summed (the paper's comparison at the same budget)
     steps_baseline: int = 0
+    #: 1: go on training the adapters already in --out (a second run with another seed and a
+    #: lower lr) instead of starting from new ones
+    resume: int = 0
     log_every: int = 10
 
     @classmethod
@@ -224,7 +227,12 @@ def train_adapter(
         target_modules=LORA_TARGETS,
         layers_to_transform=list(range(s.lora_from_layer, n_layers)),
     )
-    model = get_peft_model(model, config)
+    if s.resume and (out / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, out, is_trainable=True)
+    else:
+        model = get_peft_model(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     warm = max(1, int(steps * s.warmup))
@@ -292,15 +300,36 @@ def training_pairs(s: Settings) -> dict[str, list[tuple[str, str]]]:
             pairs[stage.name].append(pair)
         pairs["baseline"].append((render(baseline.template, {"question": problem.question}),
                                   problem.sentence))  # fmt: skip
-    # One compute example per expression, so that common small expressions do not crowd out
-    # the rest; the refusal ("none" -> "none") is one expression but must stay a share of the
-    # data, or the stage never learns to pass a refusal on (seen: it wrote "1-0=1; so 1").
-    seen: set[tuple[str, str]] = set()
-    unique = [p for p in pairs["compute"] if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
-    refusals = [p for p in unique if p[1] == work.NONE]
-    unique += refusals * max(0, round(len(unique) * COMPUTE_REFUSAL_SHARE) - len(refusals))
-    pairs["compute"] = unique
+    pairs["compute"] = balanced_compute(pairs["compute"])
     return pairs
+
+
+def balanced_compute(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The compute stage's examples: each expression once, every operator an equal share, the
+    refusal ``COMPUTE_REFUSAL_SHARE`` of the whole.
+
+    Once per expression, so that common small expressions do not crowd out the rest. Equal
+    shares, because the operators' universes differ by orders of magnitude (three-digit sums:
+    ~500 000; whole divisions by one digit: 784): deduplicated, 40 000 problems gave 7 817 sums
+    and 784 divisions, so 300 steps showed each division once at best, and division was where
+    the stage failed (7/34 right). The smaller groups are repeated, whole, in order. The refusal
+    (``"none" -> "none"``) is one expression but must stay a share of the data, or the stage
+    never learns to pass a refusal on (seen: it wrote "1-0=1; so 1").
+    """
+    seen: set[tuple[str, str]] = set()
+    unique = [p for p in pairs if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    groups: dict[str, list[tuple[str, str]]] = {op: [] for op in work.OPS}
+    refusals = []
+    for pair in unique:
+        if pair[1] == work.NONE:
+            refusals.append(pair)
+        else:
+            groups[work.operator_of(pair[1])].append(pair)
+    largest = max(len(g) for g in groups.values())
+    out = [g[i % len(g)] for g in groups.values() if g for i in range(largest)]
+    n_refusals = round(len(out) * COMPUTE_REFUSAL_SHARE / (1 - COMPUTE_REFUSAL_SHARE))
+    out += [refusals[i % len(refusals)] for i in range(n_refusals)] if refusals else []
+    return out
 
 
 def run(s: Settings, out: Path, gguf: Path) -> dict[str, Any]:

@@ -99,6 +99,14 @@ def work(expression: str) -> str:
     return {"+": _add, "-": _sub, "*": _mul, "/": _div}[op](a, b)
 
 
+def operator_of(work_text: str) -> str:
+    """The operator of the arithmetic a work text writes out (its first digit fact shows it)."""
+    for ch in work_text:
+        if ch in OPS:
+            return ch
+    raise ValueError(f"no operator in {work_text!r}")
+
+
 def result_of(text: str) -> int | None:
     """The number after the last ``so`` in a compute output (None if there is none)."""
     _, sep, tail = text.rpartition("so ")

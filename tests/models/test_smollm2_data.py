@@ -131,7 +131,11 @@ def test_offtopic_file_expects_the_refusal() -> None:
 
 
 def test_no_heldout_question_occurs_in_training() -> None:
-    """Every question train.py reads (the default run and the smaller one the README reports)."""
+    """Every question train.py reads (the default run and the smaller one the README reports).
+
+    The seed-1 run that trained the shipped compute adapter further reads no question: the
+    compute stage's input is the expression alone (and every whole division by one digit occurs
+    in any large enough sample, held out or not)."""
     seen: set[str] = set()
     for n in {train.Settings().problems, 4000}:
         seen |= {p.question for p in problems.problems(train.Settings().seed, n, "train")}
@@ -152,3 +156,22 @@ def test_training_prompts_come_from_the_recipe() -> None:
         f"Question: {p.question}\nWork: {work.work(p.expression)}\nAnswer:",
         p.sentence,
     )
+
+
+def test_compute_data_gives_every_operator_an_equal_share() -> None:
+    """Each expression once; the operators' groups repeated whole, in order, to the largest
+    one's size; the refusal 5% of the whole (train.balanced_compute)."""
+    expressions = ["1 + 2", "3 + 4", "5 + 6", "7 + 8", "1 + 2", "9 - 3", "2 * 4", "8 / 2", "6 / 3"]
+    pairs = [(f"Expression: {e}\nWork:", work.work(e)) for e in expressions]
+    refusal = ("Expression: none\nWork:", work.NONE)
+    out = train.balanced_compute([*pairs, refusal])
+    ops = [work.operator_of(w) for _, w in out if w != work.NONE]
+    assert {op: ops.count(op) for op in work.OPS} == {"+": 4, "-": 4, "*": 4, "/": 4}
+    assert out.count(pairs[0]) == 1  # "1 + 2" twice in the input, once in the data
+    assert [q for q, w in out if w != work.NONE and work.operator_of(w) == "/"] == [
+        pairs[7][0],
+        pairs[8][0],
+        pairs[7][0],
+        pairs[8][0],
+    ]
+    assert out.count(refusal) == 1  # round(16 * 0.05 / 0.95)
