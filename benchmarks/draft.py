@@ -7,8 +7,9 @@ as shipped and of a copy whose every stage drafts (``draft = 8``), alternately q
 question, at temperature 0. Printed: how many answers and stage outputs are identical, and per
 stage the drafted tokens per stage-second over the undrafted (the answer stage copies names and
 numbers from the question; the compute stage writes one number and copies nothing). That model
-has 1.25M parameters: a token costs Python's step more than llama.cpp's, so drafting, which
-saves llama.cpp calls, has little to save there.
+has 1.25M parameters: a verification row costs about half a one-token llama.cpp call there and
+most drafts of its reworded answers are rejected, so drafting has little to save (a profile put
+85% of a token's time inside llama_decode, not in Python).
 
 Then the same stack's answer stage (copies) and compute stage (copies nothing) alone, on their
 real prompts (rendered by the stack answering the same questions), three ways taking turns prompt

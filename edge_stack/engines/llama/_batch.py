@@ -168,6 +168,10 @@ class BatchContext(LlamaContext):
                 return self._run(all_ids, samplers, max_tokens, stop, cancel)
             finally:
                 self._tokens, self._reusable = self._slots[0], self._slot_reusable[0]
+                # The inherited single-sequence calls (generate, eval_logits) fill the batch
+                # for sequence 0 and never touch its sequence ids: give them back.
+                for i in range(max(self.n_batch, self._n_seq)):
+                    self._batch.seq_id[i][0] = 0
                 for smpl in samplers:
                     lib.llama_sampler_free(smpl)
 
@@ -179,12 +183,6 @@ class BatchContext(LlamaContext):
         return rows
 
     # -- internals -------------------------------------------------------------------------------
-
-    def _decode(self, ids: np.ndarray, **kwargs: Any) -> bool:
-        # The inherited single-sequence calls (generate, eval_logits) work on sequence 0.
-        for i in range(self.n_batch):
-            self._batch.seq_id[i][0] = 0
-        return super()._decode(ids, **kwargs)
 
     def _run(
         self,

@@ -538,8 +538,7 @@ class LlamaContext(NativeHandle):
         than the copy for so few tokens (caller holds the lock). Logits for every position with
         ``all_logits``, else for the last."""
         n = len(ids)
-        if n > self.n_batch or type(self)._decode is not LlamaContext._decode:
-            # more than one llama_decode call, or a subclass that prepares the batch itself
+        if n > self.n_batch:  # more than one llama_decode call
             self._decode(np.array(ids, dtype=np.int32), all_logits=all_logits)
             return
         batch = self._batch
