@@ -148,12 +148,14 @@ def table(r: dict[str, Any]) -> str:
         ),
         *[
             row(
-                f"Batch throughput (`ask --batch`, {size} at a time) / one by one",
-                ">= 3",
+                f"Batch throughput (`ask --batch`, {size} at a time) / one by one, and of the "
+                "attainable ceiling",
+                ">= 3; >= 0.9",
                 f"{x['ratio']:.2f} ({x['qps']['median']:.2f} vs "
                 f"{b['one_by_one_qps']['median']:.2f} questions/s; "
-                f"{x['same_answers']}/{b['questions']} answers identical)",
-                x["ratio"] >= 3,
+                f"{x['same_answers']}/{b['questions']} answers identical); "
+                f"{x['of_attainable']:.2f}",
+                x["ratio"] >= 3 and x["of_attainable"] >= 0.9,
             )
             for size, x in b["batch"].items()
         ],
@@ -164,6 +166,15 @@ def table(r: dict[str, Any]) -> str:
             f"{b['full_batch_tok_s']:.0f} tok/s)",
             None,
         ),
+        *[
+            row(
+                f"Attainable batch ceiling, {size} at a time (generation steps at {size}-row speed)",
+                "-",
+                f"{v:.2f} ({b['step_tok_s'][size]:.0f} tok/s per {size}-row step)",
+                None,
+            )
+            for size, v in b["attainable_ceiling"].items()
+        ],
         *small_devices_rows(r["small_devices"], row),
     ]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ def ask_batch(
     batch_size: int,
     params_for: dict[str, GenerationParams],
     cancel: threading.Event,
+    pack_prompts: bool = False,
 ) -> list[Answer]:
     """Answer ``questions`` (see :meth:`edge_stack.Stack.ask_batch`)."""
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 64:
@@ -76,7 +77,7 @@ def ask_batch(
                         "shorten the question or lower max_tokens (--max-tokens), or raise "
                         f"n_ctx: {edit_hint(spec.path, 'n_ctx')}"
                     )
-            chunks, times = _generate(runner, prompts, params, cancel, batch_size)
+            chunks, times = _generate(runner, prompts, params, cancel, batch_size, pack_prompts)
             if cancel.is_set():
                 raise Cancelled(f"stack {stack.name}: cancelled during stage {stage.name}")
         for i, chunk in enumerate(chunks):
@@ -111,6 +112,7 @@ def _generate(
     params: GenerationParams,
     cancel: threading.Event,
     batch_size: int,
+    pack_prompts: bool,
 ) -> tuple[list[Chunk], list[float]]:
     """Each prompt's chunk and its seconds: from the start of the decode call that produced it
     (``batch_size`` prompts together) until its own output was complete."""
@@ -121,7 +123,9 @@ def _generate(
         for first in range(0, len(prompts), batch_size):
             group = prompts[first : first + batch_size]
             started = time.perf_counter()
-            result: list[Chunk] = batched(group, params, cancel, batch_size=batch_size)
+            result: list[Chunk] = batched(
+                group, params, cancel, batch_size=batch_size, pack_prompts=pack_prompts
+            )
             whole = time.perf_counter() - started
             chunks += result
             # Each prompt's own time when the engine measured it, else its group's.

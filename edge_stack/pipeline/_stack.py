@@ -235,6 +235,7 @@ class Stack:
         temperature: float | None = None,
         seed: int | None = None,
         cancel: threading.Event | None = None,
+        pack_prompts: bool = False,
     ) -> list[Answer]:
         """Answer several questions together; the answers, in order, equal :meth:`ask`'s.
 
@@ -250,6 +251,11 @@ class Stack:
         caveat from llama.cpp: its f16 kernel (used for LoRA adapter matrices) sums in another
         order for several rows than for one, so with an f16 adapter a near-tie between two
         tokens can break the other way (seen on random-weight models, not on the test stacks).
+
+        ``pack_prompts=True`` evaluates the batch's prompts together instead, in llama.cpp's
+        large micro-batches (faster: ``benchmarks/batch_throughput.py``), at the price of that
+        exactness: a prompt's logits are then not bit for bit :meth:`ask`'s, and a near-tie can
+        break the other way. Engines that batch on their own (remote) ignore it.
         """
         from ._batch import DEFAULT_BATCH_SIZE, ask_batch
 
@@ -267,6 +273,7 @@ class Stack:
             batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
             params_for=params,
             cancel=cancel or threading.Event(),
+            pack_prompts=pack_prompts,
         )
 
     def stream(

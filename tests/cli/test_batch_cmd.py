@@ -52,6 +52,22 @@ def test_batch_equals_one_by_one(
     assert [_without_seconds(a) for a in answers] == expected
 
 
+def test_pack_prompts_answers_every_question(
+    tiny_stack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--pack-prompts reaches the engine (the answers of this random model may differ from one
+    by one at a near-tie, so only their shape is compared; tests/runtime/test_batch.py checks the
+    packed logits)."""
+    batch = tmp_path / "questions.txt"
+    batch.write_text("\n".join(QUESTIONS) + "\n")
+    argv = ["ask", "--batch", str(batch), "--stack", str(tiny_stack), "--pack-prompts"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and err == ""
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["question"] for a in answers] == QUESTIONS
+    assert all(a["stages"] and a["answer"] == a["stages"][-1]["output"] for a in answers)
+
+
 def test_batch_from_standard_input(
     tiny_stack: Path,
     tmp_path: Path,

@@ -57,6 +57,7 @@ USAGE = [
     (["ask", " \t\n "], "the question is empty"),
     (["ask", "q", "--bogus"], "No such option: --bogus"),
     (["ask", "q", "--batch", "x.txt"], "not both"),
+    (["ask", "q", "--pack-prompts"], "give --batch FILE too"),
     (["chat", "extra"], "unexpected extra argument"),
     (["nosuchcommand"], "No such command"),
     (["quantize"], "Missing argument"),

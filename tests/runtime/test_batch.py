@@ -10,7 +10,7 @@ import pytest
 
 from edge_stack import Stack
 from edge_stack.engines.llama import LlamaContext, LlamaModel
-from edge_stack.engines.llama._batch import BatchContext
+from edge_stack.engines.llama._batch import BatchContext, BatchOutput
 from edge_stack.errors import BadArgument, ContextOverflowError, EngineError
 
 import stack_builders
@@ -120,6 +120,66 @@ def test_batch_context_equals_single_context(base_gguf: Path) -> None:
             BatchContext(model, n_ctx=128, n_seq=0)
 
 
+def _end_logits(ctx: BatchContext, prompts: list[list[int]], outs: list[BatchOutput]) -> list:
+    """The logits of each prompt's last token, left by the packed call that evaluated them."""
+    from edge_stack.engines.llama._lib import lib
+
+    ends = np.cumsum([len(p) - o.stats.cached_tokens for p, o in zip(prompts, outs, strict=True)])
+    return [
+        np.ctypeslib.as_array(
+            lib().llama_get_logits_ith(ctx._ctx, int(k) - 1), shape=(ctx.model.n_vocab,)
+        ).copy()
+        for k in ends
+    ]
+
+
+def test_packed_prompts_compute_what_one_by_one_computes_up_to_rounding(base_gguf: Path) -> None:
+    """Packed prompts share one llama.cpp call and one KV stream: each prompt's logits must be
+    its own (right positions, right sequence, right row). A lone prompt is split as one by one
+    splits it: the same bits. Five prompts make a 65-row micro-batch, where llama.cpp's flash
+    attention switches kernels: equal up to that rounding (measured: under 1% of the largest
+    logit), while another prompt's logits differ by far more."""
+    with LlamaModel.load(base_gguf) as model:
+        rng = np.random.default_rng(1)
+        fixed = [int(t) for t in rng.integers(3, model.n_vocab - 1, 40)]
+        prompts = [
+            fixed + [int(t) for t in rng.integers(3, model.n_vocab - 1, 3 + i)] for i in range(5)
+        ]
+        with LlamaContext(model, n_ctx=128, n_threads=1) as single:
+            want = [single.eval_logits(p)[-1] for p in prompts]
+        scale = float(np.abs(want[0]).max())
+        assert min(float(np.abs(want[0] - w).max()) for w in want[1:]) > 0.2 * scale
+        with BatchContext(model, n_ctx=128, n_seq=5, n_threads=1, pack_prompts=True) as batch:
+            assert batch.n_ubatch == 32  # the unit of prefix reuse; llama.cpp's is a whole call
+            outs = batch.generate_batch(prompts[:1], max_tokens=0)
+            assert np.array_equal(_end_logits(batch, prompts[:1], outs)[0], want[0])
+            for order in (prompts, prompts[::-1]):  # then each slot holds another prompt
+                outs = batch.generate_batch(order, max_tokens=0)
+                # The common start was evaluated once, on the first slot; the others share it.
+                assert [o.stats.cached_tokens for o in outs] == [32] * 5
+                assert [o.stats.finish_reason for o in outs] == ["length"] * 5
+                got = _end_logits(batch, order, outs)
+                for g, w in zip(got, want if order is prompts else want[::-1], strict=True):
+                    assert float(np.abs(g - w).max()) <= 0.02 * scale
+
+
+def test_ask_batch_packs_prompts_when_asked(
+    stack: Stack, one_by_one: list[dict[str, object]]
+) -> None:
+    answers = [_comparable(a.to_dict()) for a in stack.ask_batch(QUESTIONS, pack_prompts=True)]
+    first = stack.spec.stages[0].name
+    assert stack.runner(first).batch_context.pack_prompts  # type: ignore[attr-defined]
+    # The random test model is full of near-ties, where packing may pick another token: the
+    # first stage's prompts are the same, and every stage ran for every question.
+    for got, want in zip(answers, one_by_one, strict=True):
+        assert got["stages"][0]["prompt_tokens"] == want["stages"][0]["prompt_tokens"]  # type: ignore[index]
+        assert len(got["stages"]) == len(want["stages"])  # type: ignore[arg-type]
+    # And back: a plain batch gets a context of its own again, exact.
+    again = stack.ask_batch(QUESTIONS)
+    assert [_comparable(a.to_dict()) for a in again] == one_by_one
+    assert not stack.runner(first).batch_context.pack_prompts  # type: ignore[attr-defined]
+
+
 def test_model_freed_after_its_last_context(base_gguf: Path, tmp_path: Path) -> None:
     """A context the model can no longer see (its weak reference cleared, as when the garbage
     collector frees a cycle) keeps the native model alive until it closes."""
@@ -147,7 +207,7 @@ def test_exit_without_close_does_not_crash(base_gguf: Path, tmp_path: Path) -> N
     code = textwrap.dedent(
         f"""
         from edge_stack.engines.llama import LlamaContext, LlamaModel
-        from edge_stack.engines.llama._batch import BatchContext
+        from edge_stack.engines.llama._batch import BatchContext, BatchOutput
         m = LlamaModel.load({str(base_gguf)!r})
         a = LlamaContext(m, n_ctx=64, n_threads=1, lora={str(lora)!r})
         b = BatchContext(m, n_ctx=64, n_seq=2, n_threads=1, lora={str(lora)!r})

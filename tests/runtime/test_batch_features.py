@@ -97,11 +97,12 @@ def known(tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable[[str], 
     return known_logits_gguf(tmp_path_factory, tiny_model("gptneox"))[0]
 
 
-def test_cancel_stops_every_sequence(known: Path) -> None:
+@pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])
+def test_cancel_stops_every_sequence(known: Path, pack: bool) -> None:
     """On a model that never ends a text, only the cancel (from another thread) stops the batch."""
     with (
         LlamaModel.load(known) as model,
-        BatchContext(model, n_ctx=2048, n_seq=4, n_threads=1) as ctx,
+        BatchContext(model, n_ctx=2048, n_seq=4, n_threads=1, pack_prompts=pack) as ctx,
     ):
         prompts = [[5, 6, 7 + i] for i in range(4)]
         cancel = threading.Event()

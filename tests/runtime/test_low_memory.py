@@ -81,6 +81,18 @@ def test_low_memory_answers_equal_shared(
     assert (cached >= 32) == prompt_cache
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])
+def test_low_memory_batches_free_their_context(two_bases: Path, pack: bool) -> None:
+    questions = QUESTIONS[:3]
+    with Stack.load(two_bases, threads=1, memory="low") as low:
+        answers = low.ask_batch(questions, batch_size=3, pack_prompts=pack)
+        assert [a.question for a in answers] == questions
+        assert all(len(a.stages) == len(low.spec.stages) for a in answers)
+        engine = low._backend
+        assert isinstance(engine, Engine)
+        assert all(r.batch_context is None for r in engine.runners.values())
+
+
 def test_only_the_running_stage_has_a_context(two_bases: Path) -> None:
     with Stack.load(two_bases, threads=1, memory="low") as low:
         engine = low._backend

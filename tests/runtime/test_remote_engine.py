@@ -172,8 +172,11 @@ def test_a_mixed_stack_runs_local_and_remote_stages(
         for question in QUESTIONS[:3]:
             _same(stack.ask(question), local_answers[question])
         answers = stack.ask_batch(QUESTIONS[:4], batch_size=4)
-    for question, answer in zip(QUESTIONS[:4], answers, strict=True):
+        # Remote stages leave packing to their server; the local one packs its prompts.
+        packed = stack.ask_batch(QUESTIONS[:4], batch_size=4, pack_prompts=True)
+    for question, answer, again in zip(QUESTIONS[:4], answers, packed, strict=True):
         _same(answer, local_answers[question])
+        _same(again, local_answers[question])
 
 
 def test_remote_events_arrive_token_by_token(edge_url: str, api_key: str, tmp_path: Path) -> None:

@@ -11,6 +11,14 @@ path uses, and each sequence keeps its own sampler chain, stop strings and limit
 generation steps are shared. Each slot also remembers its tokens, so a prompt that starts like
 the one its slot saw last reuses whole cached micro-batches, exactly as
 :class:`LlamaContext` does.
+
+``pack_prompts=True`` trades that exactness for speed: the prompts' uncached parts go through
+llama.cpp together, in as few calls as fit ``n_batch``, on one KV stream shared by every
+sequence (llama.cpp splits a call over separate streams into micro-batches holding equal
+numbers of each sequence's tokens, which runs no faster) and micro-batches as large as a call.
+A large micro-batch is where a CPU computes fastest, but llama.cpp's kernels round differently
+for it (flash attention switches kernels at 64 rows), so a prompt's logits are no longer the
+one-by-one bits and a near-tie can break the other way (``benchmarks/batch_packing.py``).
 """
 
 from __future__ import annotations
@@ -69,10 +77,17 @@ class BatchContext(LlamaContext):
         lora: str | os.PathLike[str] | None = None,
         lora_scale: float = 1.0,
         kv_cache_type: str = "f16",
+        pack_prompts: bool = False,
     ) -> None:
         if not 1 <= n_seq <= MAX_SEQ:
             raise EngineError(f"a batch holds 1 to {MAX_SEQ} sequences, not {n_seq}")
         self._n_seq = n_seq
+        #: prompts evaluated together (see the module docstring); ``n_ubatch`` stays the unit of
+        #: prefix reuse, llama.cpp's micro-batch becomes a whole call
+        self.pack_prompts = pack_prompts
+        if pack_prompts:
+            self._kv_unified = True
+            self._native_ubatch = min(n_batch, n_ctx)
         self._slots: list[list[int]] = [[] for _ in range(n_seq)]
         self._slot_reusable = [0] * n_seq
         super().__init__(
@@ -197,27 +212,8 @@ class BatchContext(LlamaContext):
         outs = [BatchOutput(stats=GenStats(prompt_tokens=len(ids))) for ids in all_ids]
         texts = [StopText(stop) for _ in all_ids]
         pending: dict[int, int] = {}  # sequence -> token to decode next
-        cancelled = False
-        for seq, ids in enumerate(all_ids):
-            out = outs[seq]
-            t = time.perf_counter()
-            self._borrow_prefix(seq, ids, done=seq)
-            out.stats.cached_tokens = self._reuse_slot(seq, ids)
-            if not self._decode_seq(seq, ids[out.stats.cached_tokens :], cancel):
-                cancelled = True
-                break
-            self._slot_reusable[seq] = len(ids) // self.n_ubatch * self.n_ubatch
-            out.stats.prompt_seconds = time.perf_counter() - t
-            if max_tokens == 0:
-                out.stats.finish_reason = "length"
-                continue
-            # Sampled now: the next sequence's prompt overwrites these logits.
-            tok = int(lib.llama_sampler_sample(samplers[seq], self._ctx, -1))
-            out.stats.first_token_seconds = time.perf_counter() - t0
-            if self._take(seq, tok, out, texts[seq], max_tokens):
-                pending[seq] = tok
-            else:
-                out.seconds = time.perf_counter() - t0
+        prompts = self._packed_prompts if self.pack_prompts else self._aligned_prompts
+        cancelled = not prompts(all_ids, outs, samplers, texts, max_tokens, pending, cancel, t0)
         step_start = time.perf_counter()
         while pending and not cancelled:
             if cancel is not None and cancel.is_set():
@@ -241,6 +237,109 @@ class BatchContext(LlamaContext):
             out.stats.completion_tokens = len(out.tokens)
             out.seconds = out.seconds or time.perf_counter() - t0
         return outs
+
+    def _aligned_prompts(
+        self,
+        all_ids: list[np.ndarray],
+        outs: list[BatchOutput],
+        samplers: list[Any],
+        texts: list[StopText],
+        max_tokens: int,
+        pending: dict[int, int],
+        cancel: threading.Event | None,
+        t0: float,
+    ) -> bool:
+        """Each prompt alone, as a single sequence evaluates it; its first token sampled into
+        ``pending``. False if cancelled."""
+        for seq, ids in enumerate(all_ids):
+            out = outs[seq]
+            t = time.perf_counter()
+            self._borrow_prefix(seq, ids, done=seq)
+            out.stats.cached_tokens = self._reuse_slot(seq, ids)
+            if not self._decode_seq(seq, ids[out.stats.cached_tokens :], cancel):
+                return False
+            self._slot_reusable[seq] = len(ids) // self.n_ubatch * self.n_ubatch
+            out.stats.prompt_seconds = time.perf_counter() - t
+            # Sampled now: the next sequence's prompt overwrites these logits.
+            self._first_token(seq, -1, outs, samplers, texts, max_tokens, pending, t0)
+        return True
+
+    def _packed_prompts(
+        self,
+        all_ids: list[np.ndarray],
+        outs: list[BatchOutput],
+        samplers: list[Any],
+        texts: list[StopText],
+        max_tokens: int,
+        pending: dict[int, int],
+        cancel: threading.Event | None,
+        t0: float,
+    ) -> bool:
+        """The prompts' uncached parts together, ``n_batch`` tokens per llama_decode call; each
+        first token sampled into ``pending`` after the call holding its prompt's end. False if
+        cancelled."""
+        t = time.perf_counter()
+        # The prompts' common start once, on sequence 0; the others borrow it.
+        common = min(len(ids) for ids in all_ids) - 1
+        for ids in all_ids[1:]:
+            same = all_ids[0][:common] == ids[:common]
+            common = common if same.all() else int(np.argmin(same))
+        common = common // self.n_ubatch * self.n_ubatch
+        cached = self._reuse_slot(0, all_ids[0])
+        if cached < common:
+            if not self._decode_seq(0, all_ids[0][cached:common], cancel):
+                return False
+            self._slot_reusable[0] = common
+        rows: list[tuple[int, int]] = []  # (sequence, token)
+        for seq, ids in enumerate(all_ids):
+            self._borrow_prefix(seq, ids, done=len(all_ids))
+            outs[seq].stats.cached_tokens = done = self._reuse_slot(seq, ids)
+            rows += [(seq, int(tok)) for tok in ids[done:]]
+        batch = self._batch
+        for start in range(0, len(rows), self.n_batch):
+            if cancel is not None and cancel.is_set():
+                return False
+            part = rows[start : start + self.n_batch]
+            ends = []
+            for k, (seq, tok) in enumerate(part):
+                batch.token[k] = tok
+                batch.pos[k] = len(self._slots[seq])
+                batch.seq_id[k][0] = seq
+                last = start + k + 1 == len(rows) or rows[start + k + 1][0] != seq
+                batch.logits[k] = last
+                self._slots[seq].append(tok)
+                if last:
+                    ends.append((seq, k))
+            batch.n_tokens = len(part)
+            self._llama_decode(part[0][0], int(batch.pos[0]))
+            for seq, row in ends:
+                self._slot_reusable[seq] = len(all_ids[seq]) // self.n_ubatch * self.n_ubatch
+                outs[seq].stats.prompt_seconds = time.perf_counter() - t
+                self._first_token(seq, row, outs, samplers, texts, max_tokens, pending, t0)
+        return True
+
+    def _first_token(
+        self,
+        seq: int,
+        row: int,
+        outs: list[BatchOutput],
+        samplers: list[Any],
+        texts: list[StopText],
+        max_tokens: int,
+        pending: dict[int, int],
+        t0: float,
+    ) -> None:
+        """Sample ``seq``'s first token from the logits of batch ``row`` (-1: the last)."""
+        out = outs[seq]
+        if max_tokens == 0:
+            out.stats.finish_reason = "length"
+            return
+        tok = int(_lib().llama_sampler_sample(samplers[seq], self._ctx, row))
+        out.stats.first_token_seconds = time.perf_counter() - t0
+        if self._take(seq, tok, out, texts[seq], max_tokens):
+            pending[seq] = tok
+        else:
+            out.seconds = time.perf_counter() - t0
 
     def _take(self, seq: int, tok: int, out: BatchOutput, text: StopText, max_tokens: int) -> bool:
         """Account for a sampled token; True if the sequence goes on (the token gets decoded)."""
@@ -277,7 +376,16 @@ class BatchContext(LlamaContext):
                 best, source = k, other
         if source < 0:
             return
-        _lib().llama_memory_seq_cp(self._mem, source, seq, -1, -1)
+        lib = _lib()
+        if self._kv_unified:
+            # One stream: a copy only tags the source's cells with ``seq`` as well (no data
+            # moves), so ``seq``'s own cells must go first and only the prefix is tagged.
+            lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            lib.llama_memory_seq_cp(self._mem, source, seq, 0, best)
+            self._slots[seq] = self._slots[source][:best]
+            self._slot_reusable[seq] = best
+            return
+        lib.llama_memory_seq_cp(self._mem, source, seq, -1, -1)
         self._slots[seq] = list(self._slots[source])
         self._slot_reusable[seq] = self._slot_reusable[source]
 

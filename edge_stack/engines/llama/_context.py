@@ -87,6 +87,9 @@ class LlamaContext(NativeHandle):
     #: in :mod:`edge_stack.engines.llama._batch` raises it; this class only ever uses sequence 0)
     _n_seq = 1
     _kv_unified = False
+    #: llama.cpp's own micro-batch when it differs from ``n_ubatch`` (the packed batches of
+    #: :mod:`edge_stack.engines.llama._batch`); None: ``n_ubatch``
+    _native_ubatch: int | None = None
 
     def __init__(
         self,
@@ -145,7 +148,7 @@ class LlamaContext(NativeHandle):
         params = lib.llama_context_default_params()
         params.n_ctx = n_ctx * self._n_seq
         params.n_batch = max(self.n_batch, self._n_seq)
-        params.n_ubatch = self.n_ubatch
+        params.n_ubatch = self._native_ubatch or self.n_ubatch
         params.n_seq_max = self._n_seq
         if self._n_seq > 1:
             params.kv_unified = self._kv_unified

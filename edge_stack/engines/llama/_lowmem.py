@@ -170,11 +170,14 @@ class LowMemoryRunner(LlamaRunner):
         cancel: threading.Event,
         *,
         batch_size: int,
+        pack_prompts: bool = False,
     ) -> list[Chunk]:
         with self._residency.turn:
             self._residency.model(self._path)
             try:
-                return super().generate_batch(prompts, params, cancel, batch_size=batch_size)
+                return super().generate_batch(
+                    prompts, params, cancel, batch_size=batch_size, pack_prompts=pack_prompts
+                )
             finally:
                 if self.batch_context is not None:
                     self.batch_context.close()

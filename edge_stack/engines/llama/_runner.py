@@ -259,14 +259,16 @@ class LlamaRunner:
         cancel: threading.Event,
         *,
         batch_size: int,
+        pack_prompts: bool = False,
     ) -> list[Chunk]:
         """Generate after each prompt, ``batch_size`` sequences per decode step (llama.cpp's
-        batched decoding); one Chunk (whole raw output, token count) per prompt, in order."""
+        batched decoding); one Chunk (whole raw output, token count) per prompt, in order.
+        ``pack_prompts``: see :class:`~edge_stack.engines.llama._batch.BatchContext`."""
         from ._batch import BatchContext
 
         ctx = self.batch_context
         # A context made for bigger batches serves smaller ones as well, keeping its cache.
-        if ctx is None or ctx.n_seq < batch_size:
+        if ctx is None or ctx.n_seq < batch_size or ctx.pack_prompts != pack_prompts:
             if ctx is not None:
                 ctx.close()
             self.batch_context = None
@@ -278,6 +280,7 @@ class LlamaRunner:
                 lora=self.stage.lora,
                 lora_scale=self.stage.lora_scale,
                 kv_cache_type=self.stage.kv_cache_type,
+                pack_prompts=pack_prompts,
             )
         chunks: list[Chunk] = []
         for start in range(0, len(prompts), batch_size):

@@ -244,9 +244,11 @@ class RemoteRunner:
         cancel: threading.Event,
         *,
         batch_size: int,
+        pack_prompts: bool = False,
     ) -> list[Chunk]:
         """Each prompt as its own request, up to ``batch_size`` (at most
-        MAX_CONCURRENT_REQUESTS) in flight: the server batches them, as it does for any clients."""
+        MAX_CONCURRENT_REQUESTS) in flight: the server batches them, as it does for any clients
+        (``pack_prompts`` is its business, so it is ignored here)."""
 
         def one(tokens: Sequence[int]) -> Chunk:
             started = time.perf_counter()
