@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,15 +123,16 @@ def test_batch_context_equals_single_context(base_gguf: Path) -> None:
 
 
 def _end_logits(ctx: BatchContext, prompts: list[list[int]], outs: list[BatchOutput]) -> list:
-    """The logits of each prompt's last token, left by the packed call that evaluated them."""
+    """The logits of each prompt's last token, left by the packed call that evaluated them (its
+    outputs, one per prompt: negative indices count llama.cpp's output rows from the end)."""
     from edge_stack.engines.llama._lib import lib
 
-    ends = np.cumsum([len(p) - o.stats.cached_tokens for p, o in zip(prompts, outs, strict=True)])
+    assert len(outs) == len(prompts)
     return [
         np.ctypeslib.as_array(
-            lib().llama_get_logits_ith(ctx._ctx, int(k) - 1), shape=(ctx.model.n_vocab,)
+            lib().llama_get_logits_ith(ctx._ctx, i - len(prompts)), shape=(ctx.model.n_vocab,)
         ).copy()
-        for k in ends
+        for i in range(len(prompts))
     ]
 
 
@@ -161,6 +164,96 @@ def test_packed_prompts_compute_what_one_by_one_computes_up_to_rounding(base_ggu
                 got = _end_logits(batch, order, outs)
                 for g, w in zip(got, want if order is prompts else want[::-1], strict=True):
                     assert float(np.abs(g - w).max()) <= 0.02 * scale
+
+
+# (first call, then the call checked: "A" prompts share a 40-token start; expected cached
+# tokens of the call checked, aligned and packed)
+CACHE_CASES = {
+    "fresh": ([], ["A", "A", "A"], [0, 32, 32], [0, 32, 32]),
+    "again": (["A", "A", "A"], ["A", "A", "A"], [32, 32, 32], [32, 32, 32]),
+    # the shared start is in slot 1 only: aligned borrows from earlier slots, packed from any
+    "in another slot": (["B", "A"], ["A", "A"], [0, 32], [32, 32]),
+}
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_cached_tokens_are_the_prompt_tokens_not_evaluated(
+    base_gguf: Path, case: str, pack: bool
+) -> None:
+    """A prompt's ``cached_tokens`` are what its call did not evaluate: llama.cpp evaluates
+    exactly the rest of every prompt (one generated token: no generation step)."""
+    first, checked, aligned, packed = CACHE_CASES[case]
+    with LlamaModel.load(base_gguf) as model:
+        rng = np.random.default_rng(4)
+
+        def tokens(n: int) -> list[int]:
+            return [int(t) for t in rng.integers(3, model.n_vocab - 1, n)]
+
+        fixed = tokens(40)
+
+        def prompts(kinds: list[str]) -> list[list[int]]:
+            return [(fixed if k == "A" else []) + tokens(5 + i) for i, k in enumerate(kinds)]
+
+        with BatchContext(model, n_ctx=128, n_seq=3, n_threads=1, pack_prompts=pack) as ctx:
+            if first:
+                ctx.generate_batch(prompts(first), max_tokens=1)
+            rows: list[int] = []
+            decode = ctx._llama_decode
+
+            def counted(seq: int, pos: int) -> None:
+                rows.append(ctx._batch.n_tokens)
+                decode(seq, pos)
+
+            ctx._llama_decode = counted  # type: ignore[method-assign]
+            ps = prompts(checked)
+            outs = ctx.generate_batch(ps, max_tokens=1)
+        cached = [o.stats.cached_tokens for o in outs]
+        assert cached == (packed if pack else aligned)
+        assert sum(rows) == sum(len(p) - c for p, c in zip(ps, cached, strict=True))
+
+
+class _FirstLogits(BatchContext):
+    """A batch context keeping the logits each prompt's first token is sampled from."""
+
+    rows: dict[int, np.ndarray]
+
+    def _first_token(self, seq: int, row: int, *rest: Any) -> None:
+        from edge_stack.engines.llama._lib import lib
+
+        ptr = lib().llama_get_logits_ith(self._ctx, row)
+        self.rows[seq] = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+        super()._first_token(seq, row, *rest)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])
+def test_sliding_window_model_reuses_only_a_start_it_still_holds(
+    tiny_gguf: Callable[..., Path], pack: bool
+) -> None:
+    """gemma3's layer 0 sees 4 tokens back. In one KV stream llama.cpp gives the cells that fell
+    out of a sequence's window to another sequence's tokens (and drops the sequence's positions
+    up to there), so a slot's cached start can lose the window its next token needs: that start
+    is not reused, and every prompt's logits stay its own."""
+    with LlamaModel.load(tiny_gguf("gemma3", "f32")) as model:
+        rng = np.random.default_rng(5)
+
+        def tokens(n: int) -> list[int]:
+            return [int(t) for t in rng.integers(3, model.n_vocab - 1, n)]
+
+        fixed = tokens(70)
+        prompts = [fixed + tokens(10), fixed + tokens(10)]
+        with LlamaContext(model, n_ctx=128, n_threads=1) as single:
+            want = [single.eval_logits(p)[-1] for p in prompts]
+        scale = float(np.abs(want[0]).max())
+        with _FirstLogits(model, n_ctx=128, n_seq=2, n_threads=1, pack_prompts=pack) as batch:
+            batch.rows = {}
+            batch.generate_batch(prompts, max_tokens=1)
+            batch.generate_batch([tokens(100)], max_tokens=1)  # slot 0 only, in slot 1's cells
+            batch.rows = {}
+            batch.generate_batch(prompts, max_tokens=0)
+            got = [batch.rows[seq] for seq in range(len(prompts))]
+        for g, w in zip(got, want, strict=True):
+            assert float(np.abs(g - w).max()) <= 0.02 * scale
 
 
 def test_ask_batch_packs_prompts_when_asked(

@@ -90,6 +90,8 @@ class BatchContext(LlamaContext):
             self._native_ubatch = min(n_batch, n_ctx)
         self._slots: list[list[int]] = [[] for _ in range(n_seq)]
         self._slot_reusable = [0] * n_seq
+        #: a sliding-window model's window (0: none; see :meth:`_common_reusable`)
+        self._n_swa = int(_lib().llama_model_n_swa(model.ptr))
         super().__init__(
             model,
             n_ctx=n_ctx,
@@ -285,6 +287,8 @@ class BatchContext(LlamaContext):
             same = all_ids[0][:common] == ids[:common]
             common = common if same.all() else int(np.argmin(same))
         common = common // self.n_ubatch * self.n_ubatch
+        # What any slot holds of the first prompt first: only the rest of the start is evaluated.
+        self._borrow_prefix(0, all_ids[0], done=len(all_ids))
         cached = self._reuse_slot(0, all_ids[0])
         if cached < common:
             if not self._decode_seq(0, all_ids[0][cached:common], cancel):
@@ -293,7 +297,9 @@ class BatchContext(LlamaContext):
         rows: list[tuple[int, int]] = []  # (sequence, token)
         for seq, ids in enumerate(all_ids):
             self._borrow_prefix(seq, ids, done=len(all_ids))
-            outs[seq].stats.cached_tokens = done = self._reuse_slot(seq, ids)
+            done = self._reuse_slot(seq, ids)
+            # The start sequence 0 evaluated just now was no cache hit for it.
+            outs[seq].stats.cached_tokens = done if seq else cached
             rows += [(seq, int(tok)) for tok in ids[done:]]
         batch = self._batch
         for start in range(0, len(rows), self.n_batch):
@@ -358,13 +364,21 @@ class BatchContext(LlamaContext):
         m = min(len(old), len(ids) - 1)
         same = np.asarray(old[:m], dtype=np.int32) == ids[:m]
         common = m if same.all() else int(np.argmin(same))
-        return min(common, self._slot_reusable[slot]) // self.n_ubatch * self.n_ubatch
+        keep = min(common, self._slot_reusable[slot]) // self.n_ubatch * self.n_ubatch
+        if not keep or not self._n_swa:
+            return keep
+        # A sliding-window cache gives cells that left a sequence's window to new tokens (in one
+        # stream, another sequence's) and drops the sequence's positions up to there: a start is
+        # reusable only while the window its next token sees is cached (llama-server's check).
+        first = _lib().llama_memory_seq_pos_min(self._mem, slot)
+        return keep if first <= max(0, keep - self._n_swa) else 0
 
     def _borrow_prefix(self, seq: int, ids: np.ndarray, *, done: int) -> None:
         """Copy another slot's cache into ``seq`` when it holds a longer reusable prefix of ids.
 
         The first batch of a stage would otherwise evaluate the same fixed prompt start once per
-        slot. Only slots ``< done`` (whose prompts this call has evaluated) are sources. A copy
+        slot. Only slots ``< done`` are sources: those whose prompts this call has evaluated, or,
+        when packing, every slot of the call (a copy in one stream keeps the cells it tags). A copy
         between KV streams moves the whole stream (llama.cpp supports no partial one); the tail
         after the prefix is dropped by :meth:`_reuse_slot` next.
         """
