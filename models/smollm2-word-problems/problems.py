@@ -65,8 +65,12 @@ class Problem:
         }
 
 
-def _split(train: tuple[str, ...], heldout: tuple[str, ...]) -> dict[Split, tuple[str, ...]]:
-    return {"train": train, "heldout": heldout}
+def _split(
+    train: tuple[str, ...], heldout: tuple[str, ...], train_only: tuple[str, ...] = ()
+) -> dict[str, tuple[str, ...]]:
+    """Phrasings of the training split, of the held-out split, and ``train_only`` ones that the
+    held-out split never mixes in (added later: the held-out file stays what it was)."""
+    return {"train": train, "heldout": heldout, "train_only": train_only}
 
 
 RELATIVES = _split(
@@ -163,6 +167,8 @@ ADD_FIRST = _split(
         "If {N} has {a_x} and {vp} {b} more, how many {xs} does {P} have?",
     ),
     ("What is the number of {xs} {N} has after {P} {vpast} {b} more and had {a} before?",),
+    # the second number before the first (session 6, as for division)
+    ("How many {xs} does {N} have if {P} {vpast} {b} more, having had {a} before?",),
 )
 SUB_FIRST = _split(
     (
@@ -206,6 +212,9 @@ DIV_BOXES = _split(
         "{a_x_c} are put equally into {b_cs}. How many {xs} are in each {c}?",
     ),
     ("{Nc} splits {a_x} evenly between {b_cs}. How many {xs} does each {c} get?",),
+    # The divisor first (session 6: the extract stage read the held-out "{b} {g} share {a_x}
+    # equally" as {b} / {a}: no training phrasing had put the divisor before the amount).
+    ("There are {b_cs}, and {N} puts {a_x} equally into them. How many {xs} are in each {c}?",),
 )
 DIV_GROUP = _split(
     (
@@ -214,6 +223,10 @@ DIV_GROUP = _split(
         "{a_x_c} are shared equally by {b} {g}. How many {xs} does each one get?",
     ),
     ("{b} {g} share {a_x} equally. How many {xs} does each one get?",),
+    (
+        "There are {b} {g}, and they get {a_x} to split equally. How many {xs} does each get?",
+        "Among {b} {g}, {N} shares {a_x} equally. How many {xs} does each one get?",
+    ),
 )
 DISTRACTORS = _split(
     (
@@ -251,11 +264,12 @@ BARE_PHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _pick(rng: random.Random, parts: dict[Split, tuple[str, ...]], split: Split) -> str:
-    """A training phrasing, or for the held-out split a held-out one half of the time."""
-    if split == "heldout" and rng.random() < 0.5:
-        return rng.choice(parts["heldout"])
-    return rng.choice(parts["train"])
+def _pick(rng: random.Random, parts: dict[str, tuple[str, ...]], split: Split) -> str:
+    """A training phrasing (train-only ones included for the training split), or for the
+    held-out split a held-out one half of the time."""
+    if split == "heldout":
+        return rng.choice(parts["heldout"] if rng.random() < 0.5 else parts["train"])
+    return rng.choice(parts["train"] + parts["train_only"])
 
 
 def _number(rng: random.Random, lo: int = 1) -> int:
