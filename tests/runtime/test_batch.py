@@ -273,6 +273,24 @@ def test_ask_batch_packs_prompts_when_asked(
     assert not stack.runner(first).batch_context.pack_prompts  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])
+def test_a_cleared_cache_forgets_every_slot(base_gguf: Path, pack: bool) -> None:
+    """The inherited single-sequence paths clear the whole native cache (load_prefix, a failed
+    decode): no slot may then claim a cached start."""
+    with LlamaModel.load(base_gguf) as model:
+        rng = np.random.default_rng(2)
+        fixed = [int(t) for t in rng.integers(3, model.n_vocab - 1, 40)]
+        prompts = [
+            fixed + [int(t) for t in rng.integers(3, model.n_vocab - 1, 5)] for _ in range(3)
+        ]
+        with BatchContext(model, n_ctx=128, n_seq=3, n_threads=1, pack_prompts=pack) as batch:
+            first = batch.generate_batch(prompts, max_tokens=8)
+            batch._clear_memory()
+            again = batch.generate_batch(prompts, max_tokens=8)
+        assert [o.stats.cached_tokens for o in again] == [o.stats.cached_tokens for o in first]
+        assert [o.tokens for o in again] == [o.tokens for o in first]
+
+
 def test_model_freed_after_its_last_context(base_gguf: Path, tmp_path: Path) -> None:
     """A context the model can no longer see (its weak reference cleared, as when the garbage
     collector frees a cycle) keeps the native model alive until it closes."""

@@ -192,6 +192,14 @@ class BatchContext(LlamaContext):
                 for smpl in samplers:
                     lib.llama_sampler_free(smpl)
 
+    def _clear_memory(self) -> None:
+        """Forget every sequence's cells, and every slot's record of them: the inherited
+        single-sequence paths (``load_prefix``, a failed decode) clear the whole native cache."""
+        super()._clear_memory()
+        self._slots = [[] for _ in range(self._n_seq)]
+        self._slot_reusable = [0] * self._n_seq
+        self._tokens, self._reusable = self._slots[0], 0
+
     def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """As :meth:`LlamaContext.eval_logits` (on sequence 0; the other sequences are cleared)."""
         rows = super().eval_logits(tokens)
