@@ -106,21 +106,15 @@ def _layout(
     from edge_stack.engines.llama import BatchContext
     from edge_stack.engines.llama._lib import lib
 
-    unified = layout == "packed, one stream"
-
-    class Context(BatchContext):
-        _kv_unified = unified
-
     n = len(prompts)
-    with Context(
+    with BatchContext(
         runner.model,
         n_ctx=512,
         n_seq=n,
         n_threads=threads,
-        n_ubatch=512 if unified else 32,
         lora=runner.stage.lora,
+        pack_prompts=layout == "packed, one stream",  # one KV stream, a call per micro-batch
     ) as ctx:
-        ctx.n_ubatch = 32  # cached prefixes stay whole 32-token micro-batches in every layout
         ctx.generate_batch(prompts[:1], max_tokens=1)  # caches the stage's fixed prompt start
         prompt_s: list[float] = []
         gen_s: list[float] = []

@@ -218,12 +218,12 @@ class _FirstLogits(BatchContext):
 
     rows: dict[int, np.ndarray]
 
-    def _first_token(self, seq: int, row: int, *rest: Any) -> None:
+    def _first_token(self, call: Any, seq: int, row: int) -> None:
         from edge_stack.engines.llama._lib import lib
 
         ptr = lib().llama_get_logits_ith(self._ctx, row)
         self.rows[seq] = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
-        super()._first_token(seq, row, *rest)
+        super()._first_token(call, seq, row)
 
 
 @pytest.mark.parametrize("pack", [False, True], ids=["aligned", "packed"])

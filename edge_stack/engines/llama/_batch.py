@@ -48,6 +48,20 @@ MAX_SEQ = 64
 
 
 @dataclass
+class _Call:
+    """One :meth:`BatchContext.generate_batch` call's per-sequence state."""
+
+    outs: list[BatchOutput]
+    samplers: list[Any]
+    texts: list[StopText]
+    max_tokens: int
+    #: seconds are counted from here
+    t0: float
+    #: sequence -> the token to decode at the next step
+    pending: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
 class BatchOutput:
     """What one prompt of :meth:`BatchContext.generate_batch` produced."""
 
@@ -108,16 +122,6 @@ class BatchContext(LlamaContext):
     def n_seq(self) -> int:
         """How many prompts one :meth:`generate_batch` call takes at most."""
         return self._n_seq
-
-    def reset(self) -> None:
-        """Forget every sequence's KV cache."""
-        with self._lock:
-            self._live()
-            _lib().llama_memory_clear(self._mem, True)
-            self._slots = [[] for _ in range(self._n_seq)]
-            self._slot_reusable = [0] * self._n_seq
-            self._tokens = []
-            self._reusable = 0
 
     def generate_batch(
         self,
@@ -193,19 +197,13 @@ class BatchContext(LlamaContext):
                     lib.llama_sampler_free(smpl)
 
     def _clear_memory(self) -> None:
-        """Forget every sequence's cells, and every slot's record of them: the inherited
-        single-sequence paths (``load_prefix``, a failed decode) clear the whole native cache."""
+        """Forget every sequence's cells, and every slot's record of them: ``reset``,
+        ``eval_logits`` and the inherited single-sequence paths (``load_prefix``, a failed
+        decode) clear the whole native cache."""
         super()._clear_memory()
         self._slots = [[] for _ in range(self._n_seq)]
         self._slot_reusable = [0] * self._n_seq
         self._tokens, self._reusable = self._slots[0], 0
-
-    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """As :meth:`LlamaContext.eval_logits` (on sequence 0; the other sequences are cleared)."""
-        rows = super().eval_logits(tokens)
-        self._slots = [[] for _ in range(self._n_seq)]
-        self._slot_reusable = [0] * self._n_seq
-        return rows
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -217,52 +215,42 @@ class BatchContext(LlamaContext):
         stop: Sequence[str],
         cancel: threading.Event | None,
     ) -> list[BatchOutput]:
-        lib = _lib()
-        t0 = time.perf_counter()
-        outs = [BatchOutput(stats=GenStats(prompt_tokens=len(ids))) for ids in all_ids]
-        texts = [StopText(stop) for _ in all_ids]
-        pending: dict[int, int] = {}  # sequence -> token to decode next
+        call = _Call(
+            outs=[BatchOutput(stats=GenStats(prompt_tokens=len(ids))) for ids in all_ids],
+            samplers=samplers,
+            texts=[StopText(stop) for _ in all_ids],
+            max_tokens=max_tokens,
+            t0=time.perf_counter(),
+        )
         prompts = self._packed_prompts if self.pack_prompts else self._aligned_prompts
-        cancelled = not prompts(all_ids, outs, samplers, texts, max_tokens, pending, cancel, t0)
+        cancelled = not prompts(all_ids, call, cancel)
         step_start = time.perf_counter()
-        while pending and not cancelled:
+        while call.pending and not cancelled:
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
-            order = list(pending)
-            self._decode_step(order, [pending[s] for s in order])
-            pending = {}
+            order = list(call.pending)
+            self._decode_step(order, [call.pending[s] for s in order])
+            call.pending = {}
             for row, seq in enumerate(order):
-                tok = int(lib.llama_sampler_sample(samplers[seq], self._ctx, row))
-                if self._take(seq, tok, outs[seq], texts[seq], max_tokens):
-                    pending[seq] = tok
-                else:
-                    outs[seq].seconds = time.perf_counter() - t0
+                self._sample(call, seq, row)
         gen_seconds = time.perf_counter() - step_start
-        for seq, out in enumerate(outs):
+        for seq, out in enumerate(call.outs):
             if cancelled and out.stats.finish_reason == "":
                 out.stats.finish_reason = "cancelled"
-            out.text += texts[seq].flush()
+            out.text += call.texts[seq].flush()
             out.stats.gen_seconds = gen_seconds
             out.stats.completion_tokens = len(out.tokens)
-            out.seconds = out.seconds or time.perf_counter() - t0
-        return outs
+            out.seconds = out.seconds or time.perf_counter() - call.t0
+        return call.outs
 
     def _aligned_prompts(
-        self,
-        all_ids: list[np.ndarray],
-        outs: list[BatchOutput],
-        samplers: list[Any],
-        texts: list[StopText],
-        max_tokens: int,
-        pending: dict[int, int],
-        cancel: threading.Event | None,
-        t0: float,
+        self, all_ids: list[np.ndarray], call: _Call, cancel: threading.Event | None
     ) -> bool:
         """Each prompt alone, as a single sequence evaluates it; its first token sampled into
-        ``pending``. False if cancelled."""
+        ``call.pending``. False if cancelled."""
         for seq, ids in enumerate(all_ids):
-            out = outs[seq]
+            out = call.outs[seq]
             t = time.perf_counter()
             self._borrow_prefix(seq, ids, done=seq)
             out.stats.cached_tokens = self._reuse_slot(seq, ids)
@@ -271,29 +259,20 @@ class BatchContext(LlamaContext):
             self._slot_reusable[seq] = len(ids) // self.n_ubatch * self.n_ubatch
             out.stats.prompt_seconds = time.perf_counter() - t
             # Sampled now: the next sequence's prompt overwrites these logits.
-            self._first_token(seq, -1, outs, samplers, texts, max_tokens, pending, t0)
+            self._first_token(call, seq, -1)
         return True
 
     def _packed_prompts(
-        self,
-        all_ids: list[np.ndarray],
-        outs: list[BatchOutput],
-        samplers: list[Any],
-        texts: list[StopText],
-        max_tokens: int,
-        pending: dict[int, int],
-        cancel: threading.Event | None,
-        t0: float,
+        self, all_ids: list[np.ndarray], call: _Call, cancel: threading.Event | None
     ) -> bool:
         """The prompts' uncached parts together, ``n_batch`` tokens per llama_decode call; each
-        first token sampled into ``pending`` after the call holding its prompt's end. False if
-        cancelled."""
+        first token sampled into ``call.pending`` after the call holding its prompt's end.
+        False if cancelled."""
         t = time.perf_counter()
         # The prompts' common start once, on sequence 0; the others borrow it.
         common = min(len(ids) for ids in all_ids) - 1
         for ids in all_ids[1:]:
-            same = all_ids[0][:common] == ids[:common]
-            common = common if same.all() else int(np.argmin(same))
+            common = _common_length(all_ids[0], ids, common)
         common = common // self.n_ubatch * self.n_ubatch
         # What any slot holds of the first prompt first: only the rest of the start is evaluated.
         self._borrow_prefix(0, all_ids[0], done=len(all_ids))
@@ -307,7 +286,7 @@ class BatchContext(LlamaContext):
             self._borrow_prefix(seq, ids, done=len(all_ids))
             done = self._reuse_slot(seq, ids)
             # The start sequence 0 evaluated just now was no cache hit for it.
-            outs[seq].stats.cached_tokens = done if seq else cached
+            call.outs[seq].stats.cached_tokens = done if seq else cached
             rows += [(seq, int(tok)) for tok in ids[done:]]
         batch = self._batch
         for start in range(0, len(rows), self.n_batch):
@@ -328,50 +307,40 @@ class BatchContext(LlamaContext):
             self._llama_decode(part[0][0], int(batch.pos[0]))
             for seq, row in ends:
                 self._slot_reusable[seq] = len(all_ids[seq]) // self.n_ubatch * self.n_ubatch
-                outs[seq].stats.prompt_seconds = time.perf_counter() - t
-                self._first_token(seq, row, outs, samplers, texts, max_tokens, pending, t0)
+                call.outs[seq].stats.prompt_seconds = time.perf_counter() - t
+                self._first_token(call, seq, row)
         return True
 
-    def _first_token(
-        self,
-        seq: int,
-        row: int,
-        outs: list[BatchOutput],
-        samplers: list[Any],
-        texts: list[StopText],
-        max_tokens: int,
-        pending: dict[int, int],
-        t0: float,
-    ) -> None:
+    def _first_token(self, call: _Call, seq: int, row: int) -> None:
         """Sample ``seq``'s first token from the logits of batch ``row`` (-1: the last)."""
-        out = outs[seq]
-        if max_tokens == 0:
+        out = call.outs[seq]
+        if call.max_tokens == 0:
             out.stats.finish_reason = "length"
             return
-        tok = int(_lib().llama_sampler_sample(samplers[seq], self._ctx, row))
-        out.stats.first_token_seconds = time.perf_counter() - t0
-        if self._take(seq, tok, out, texts[seq], max_tokens):
-            pending[seq] = tok
-        else:
-            out.seconds = time.perf_counter() - t0
+        self._sample(call, seq, row, first=True)
 
-    def _take(self, seq: int, tok: int, out: BatchOutput, text: StopText, max_tokens: int) -> bool:
-        """Account for a sampled token; True if the sequence goes on (the token gets decoded)."""
+    def _sample(self, call: _Call, seq: int, row: int, *, first: bool = False) -> None:
+        """Sample ``seq``'s next token from the logits of batch ``row`` and account for it: into
+        ``call.pending`` if the sequence goes on (the token gets decoded), else its time ends."""
+        tok = int(_lib().llama_sampler_sample(call.samplers[seq], self._ctx, row))
+        out, text = call.outs[seq], call.texts[seq]
+        if first:
+            out.stats.first_token_seconds = time.perf_counter() - call.t0
         if self.model.is_eog(tok):
             out.stats.finish_reason = "eog"
-            return False
-        out.tokens.append(tok)
-        out.text += text.feed(self.model.token_to_piece(tok))
-        if text.stopped or len(out.tokens) >= max_tokens:
+        else:
+            out.tokens.append(tok)
+            out.text += text.feed(self.model.token_to_piece(tok))
+            if not (text.stopped or len(out.tokens) >= call.max_tokens):
+                call.pending[seq] = tok
+                return
             out.stats.finish_reason = "stop" if text.stopped else "length"
-            return False
-        return True
+        out.seconds = time.perf_counter() - call.t0
 
     def _common_reusable(self, slot: int, ids: np.ndarray) -> int:
         old = self._slots[slot]
         m = min(len(old), len(ids) - 1)
-        same = np.asarray(old[:m], dtype=np.int32) == ids[:m]
-        common = m if same.all() else int(np.argmin(same))
+        common = _common_length(np.asarray(old[:m], dtype=np.int32), ids, m)
         keep = min(common, self._slot_reusable[slot]) // self.n_ubatch * self.n_ubatch
         if not keep or not self._n_swa:
             return keep
@@ -463,11 +432,14 @@ class BatchContext(LlamaContext):
             rc = _lib().llama_decode(self._ctx, self._batch)
         if rc != 0:
             # The cache state after a failed decode is not ours to guess: start over next time.
-            _lib().llama_memory_clear(self._mem, True)
-            self._slots = [[] for _ in range(self._n_seq)]
-            self._slot_reusable = [0] * self._n_seq
-            self._tokens, self._reusable = self._slots[0], 0
+            self._clear_memory()
             raise EngineError(
                 f"llama_decode failed (code {rc}) at position {pos} of sequence {seq} "
                 f"for {self.model.path}: {reason(errors)}"
             )
+
+
+def _common_length(a: np.ndarray, b: np.ndarray, limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, up to ``limit``."""
+    same = a[:limit] == b[:limit]
+    return limit if same.all() else int(np.argmin(same))
