@@ -31,6 +31,7 @@ from typing import Any
 
 import _common as c
 import numpy as np
+from batch_throughput import timed_steps
 
 LAYOUTS = ("aligned", "packed", "packed, one stream")
 
@@ -104,7 +105,6 @@ def _layout(
 ) -> tuple[float, float, list[np.ndarray]]:
     """Median seconds of the prompts' uncached parts and of 16 generation steps; last logits."""
     from edge_stack.engines.llama import BatchContext
-    from edge_stack.engines.llama._lib import lib
 
     n = len(prompts)
     with BatchContext(
@@ -123,13 +123,7 @@ def _layout(
             t = time.perf_counter()
             logits = (_aligned if layout == "aligned" else _packed)(ctx, prompts)
             prompt_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for _ in range(16):
-                ctx._decode_step(list(range(n)), [100] * n)
-            gen_s.append(time.perf_counter() - t)
-            for seq, p in enumerate(prompts):  # back to the prompts alone
-                lib().llama_memory_seq_rm(ctx._mem, seq, len(p), -1)
-                ctx._slots[seq] = ctx._slots[seq][: len(p)]
+            gen_s.append(timed_steps(ctx, [len(p) for p in prompts], 100))
     return statistics.median(prompt_s), statistics.median(gen_s), logits
 
 

@@ -118,7 +118,6 @@ def _step_tok_s(stack: Any, rows: int, threads: int, steps: int = 16, runs: int 
     """llama.cpp's best tokens/s for generation steps of ``rows`` sequences, each after one of
     the first stage's prompts: bare decode calls, in either KV layout of a batch."""
     from edge_stack.engines.llama import BatchContext
-    from edge_stack.engines.llama._lib import lib
 
     runner = stack._backend.runner(c.STAGES[0])
     prompt = c.stage_prompt(c.STAGES[0]).replace("{question}", c.QUESTIONS[0])
@@ -135,14 +134,26 @@ def _step_tok_s(stack: Any, rows: int, threads: int, steps: int = 16, runs: int 
         ) as ctx:
             ctx.generate_batch([ids] * rows, max_tokens=0)
             for _ in range(runs):
-                t = time.perf_counter()
-                for _ in range(steps):
-                    ctx._decode_step(list(range(rows)), [ids[-1]] * rows)
-                best = max(best, rows * steps / (time.perf_counter() - t))
-                for seq in range(rows):
-                    lib().llama_memory_seq_rm(ctx._mem, seq, len(ids), -1)
-                    ctx._slots[seq] = ctx._slots[seq][: len(ids)]
+                seconds = timed_steps(ctx, [len(ids)] * rows, ids[-1], steps)
+                best = max(best, rows * steps / seconds)
     return best
+
+
+def timed_steps(ctx: Any, lengths: list[int], token: int, steps: int = 16) -> float:
+    """Seconds for ``steps`` bare generation steps (``token`` appended to every sequence of a
+    batch context, one llama_decode call each); then each sequence is cut back to its prompt's
+    ``lengths``."""
+    from edge_stack.engines.llama._lib import lib
+
+    seqs = list(range(len(lengths)))
+    t = time.perf_counter()
+    for _ in range(steps):
+        ctx._decode_step(seqs, [token] * len(seqs))
+    seconds = time.perf_counter() - t
+    for seq, n in zip(seqs, lengths, strict=True):
+        lib().llama_memory_seq_rm(ctx._mem, seq, n, -1)
+        ctx._slots[seq] = ctx._slots[seq][:n]
+    return seconds
 
 
 def _full_batch_tok_s(stack: Any, threads: int, n: int = 512, runs: int = 3) -> float:
